@@ -1,0 +1,88 @@
+"""Target profiles: one TOML file per target in this folder (adding a board is adding a file).
+
+A profile names the TVM target (a JSON dict), the host target for device code, the cross
+compiler that links the library, the device kind the runtime opens (`cpu` or `cuda`), the CPU
+architecture of the device as `uname -m` prints it (checked before deploying), the RPC key
+boards of this kind register with, and the default number of tuning trials.
+
+The value "native" in a target stands for what this machine has: the host CPU model and core
+count for LLVM, the local GPU's compute capability for CUDA.
+"""
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+
+from tvmbits.errors import UserError
+
+PROFILE_DIR = Path(__file__).parent
+CUDA_FALLBACK_ARCH = "sm_90"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    arch: str
+    device: str
+    target: dict
+    host: dict | None
+    cross_compiler: str | None
+    rpc_key: str
+    tuning_trials: int
+
+    def tvm_target(self) -> tvm.target.Target:
+        host = _resolve(self.host) if self.host else None
+        return tvm.target.Target(_resolve(self.target), host=host)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load(name_or_path: str) -> Profile:
+    """Load a profile by name (`arm64`) or from a TOML file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PROFILE_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise UserError(
+            f"unknown target '{name_or_path}': choose one of {', '.join(available())} "
+            "or give a profile .toml file"
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+        return Profile(
+            name=data["name"],
+            description=data.get("description", ""),
+            arch=data["arch"],
+            device=data.get("device", "cpu"),
+            target=data["target"],
+            host=data.get("host"),
+            cross_compiler=data.get("cross_compiler"),
+            rpc_key=data.get("rpc_key", data["name"]),
+            tuning_trials=int(data.get("tuning_trials", 1000)),
+        )
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: not a valid target profile ({err!r})") from None
+
+
+def _resolve(target: dict) -> dict:
+    resolved = dict(target)
+    if resolved.get("mcpu") == "native":
+        resolved["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+    if resolved.get("num-cores") == "native":
+        resolved["num-cores"] = os.cpu_count()
+    if resolved.get("kind") == "cuda" and resolved.get("arch") == "native":
+        resolved["arch"] = _local_cuda_arch()
+    return resolved
+
+
+def _local_cuda_arch() -> str:
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        return CUDA_FALLBACK_ARCH
+    return "sm_" + dev.compute_version.replace(".", "")

@@ -1,0 +1,37 @@
+import pytest
+
+from tvmbits.errors import UserError
+from tvmbits.targets import profile
+
+
+def test_every_shipped_profile_builds_a_tvm_target():
+    assert {"x86_64", "arm64", "armv7", "cuda"} <= set(profile.available())
+    for name in profile.available():
+        assert profile.load(name).tvm_target() is not None
+
+
+def test_native_values_are_resolved_for_the_host():
+    target = profile.load("x86_64").tvm_target()
+    assert target.attrs["mcpu"] != "native"
+    assert int(target.attrs["num-cores"]) >= 1
+
+
+def test_arm_profiles_name_their_cross_compilers_and_abi():
+    arm64, armv7 = profile.load("arm64"), profile.load("armv7")
+    assert (arm64.arch, arm64.cross_compiler) == ("aarch64", "aarch64-linux-gnu-g++")
+    assert (armv7.arch, armv7.cross_compiler) == ("armv7l", "arm-linux-gnueabihf-g++")
+    assert armv7.target["mfloat-abi"] == "hard"
+
+
+def test_unknown_target_is_a_user_error():
+    with pytest.raises(UserError, match="unknown target 'riscv'"):
+        profile.load("riscv")
+
+
+def test_a_profile_file_can_be_given_by_path(tmp_path):
+    path = tmp_path / "board.toml"
+    path.write_text('name = "board"\narch = "aarch64"\n[target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n')
+    assert profile.load(str(path)).arch == "aarch64"
+    path.write_text("name = ")
+    with pytest.raises(UserError, match="not a valid target profile"):
+        profile.load(str(path))
