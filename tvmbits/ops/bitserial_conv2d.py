@@ -1,0 +1,71 @@
+"""Bit-serial NHWC conv2d of bit-plane packed operands (TE compute `bitserial_conv2d`).
+
+data   `[N, H, W, act.bits, ceil(C/32)]` uint32, `bitpack` of NHWC activation codes;
+weight `[O, KH, KW, wgt.bits, ceil(C/32)]` uint32, `pack_bits` of OHWI weight codes;
+output `[N, OH, OW, O]` int32, exactly Σ value_a · value_w over the taps inside the input.
+Padded taps contribute 0, also for bipolar activations (a padded pixel is value 0, not −1).
+"""
+
+from tvm import te, tirx
+
+from tvmbits.ops.bitpack import check_packed, words
+from tvmbits.ops.bitserial_term import word_dot
+from tvmbits.ops.encoding import Encoding
+from tvmbits.ops.window import Window
+
+
+def bitserial_conv2d_nhwc(
+    data: te.Tensor,
+    weight: te.Tensor,
+    in_channels: int,
+    act: Encoding,
+    wgt: Encoding,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+) -> te.Tensor:
+    """Exact integer conv2d of packed codes (layouts in the module docstring).
+
+    Parameters
+    ----------
+    data, weight : te.Tensor
+        Packed activation and weight codes.
+    in_channels : int
+        C, the channel count before packing.
+    act, wgt : Encoding
+        Encodings of the activation and weight codes.
+    strides : (int, int)
+        (sh, sw).
+    padding : (int, int, int, int)
+        (top, left, bottom, right) zero padding.
+
+    Returns
+    -------
+    te.Tensor
+        int32 `[N, OH, OW, O]`.
+    """
+    batch, height, width, _, _ = (int(d) for d in data.shape)
+    out_channels, kernel_h, kernel_w, _, _ = (int(d) for d in weight.shape)
+    in_channels = int(in_channels)
+    check_packed(data, act, in_channels, "data")
+    check_packed(weight, wgt, in_channels, "weight")
+    window = Window.of((height, width), (kernel_h, kernel_w), strides, padding)
+    ky = te.reduce_axis((0, kernel_h), "ky")
+    kx = te.reduce_axis((0, kernel_w), "kx")
+    word = te.reduce_axis((0, words(in_channels)), "word")
+
+    def output(n, y, x, o):
+        row, col, inside = window.tap(y, x, ky, kx)
+        term = word_dot(
+            lambda i: data[n, row, col, i, word],
+            lambda j: weight[o, ky, kx, j, word],
+            act,
+            wgt,
+            in_channels,
+            word,
+        )
+        if inside is not None:
+            term = tirx.if_then_else(inside, term, 0)
+        return te.sum(term, axis=[ky, kx, word])
+
+    return te.compute((batch, *window.out_size, out_channels), output, name="bitserial_conv2d")
+

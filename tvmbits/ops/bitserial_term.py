@@ -1,0 +1,65 @@
+"""The per-word term shared by the bit-serial kernels: Σ value_a · value_w over one uint32 word.
+
+With a = α + Σ_i c_i A_i and w = β + Σ_j d_j W_j (`Encoding.coefficients` and `offset`, A_i and
+W_j the bit planes), summed over the n real channels of a word:
+
+    Σ a·w = Σ_i Σ_j c_i d_j popc(A_i ∧ W_j) + β Σ_i c_i popc(A_i) + α Σ_j d_j popc(W_j) + αβ n
+
+α, β ≠ 0 only for bipolar operands; bipolar × bipolar uses the equivalent n − 2 popc(A ⊕ W).
+Channel-padding bits are 0 in both operands (see `bitpack`), so every popcount sees only real
+channels and n is the only place the channel count enters.
+"""
+
+from collections.abc import Callable
+
+from tvm import te, tirx
+from tvm.ir import Expr
+
+from tvmbits.ops.bitpack import WORD_BITS
+from tvmbits.ops.encoding import Encoding
+
+
+def word_dot(
+    a_word: Callable[[int], Expr],
+    w_word: Callable[[int], Expr],
+    act: Encoding,
+    wgt: Encoding,
+    channels: int,
+    word: Expr,
+) -> Expr:
+    """int32 Σ value_a · value_w over word `word` of a `channels`-long packed axis.
+
+    Parameters
+    ----------
+    a_word, w_word : callable
+        Plane index → that plane's uint32 word of the activation / weight.
+    act, wgt : Encoding
+        Encodings of the activation and weight codes.
+    channels : int
+        C, the length of the axis before packing.
+    word : Expr
+        Index of the word along the packed axis.
+    """
+
+    def popc(word):
+        return tirx.popcount(word).astype("int32")
+
+    if act.kind == wgt.kind == "bipolar":
+        real = WORD_BITS
+        if channels % WORD_BITS:
+            last = channels // WORD_BITS
+            real = tirx.if_then_else(word == last, channels % WORD_BITS, WORD_BITS)
+        return real - 2 * popc(a_word(0) ^ w_word(0))
+    terms = [
+        c * d * popc(a_word(i) & w_word(j))
+        for i, c in enumerate(act.coefficients)
+        for j, d in enumerate(wgt.coefficients)
+    ]
+    if wgt.offset:
+        terms += [wgt.offset * c * popc(a_word(i)) for i, c in enumerate(act.coefficients)]
+    if act.offset:
+        terms += [act.offset * d * popc(w_word(j)) for j, d in enumerate(wgt.coefficients)]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total

@@ -1,0 +1,33 @@
+"""Float activations to the integer codes the packing ops take (elementwise TE compute).
+
+`binarize`: code 1 where x ≥ 0, else 0 (bipolar +1/−1). ONNX `Sign(0)` is 0, which one bit
+cannot hold; tvmbits maps 0 to +1 as Larq's `ste_sign` and QONNX's `BipolarQuant` do.
+
+`quantize`: value = clamp(round_half_even(x / scale), lo, hi) with the encoding's value range
+(as ONNX QuantizeLinear with zero point 0), returned as int32 *values*; signed values are
+two's complement, so bit i of the int32 is bit i of the k-bit code.
+"""
+
+from tvm import te, tirx
+
+from tvmbits.ops.encoding import Encoding
+
+
+def binarize(x: te.Tensor) -> te.Tensor:
+    return te.compute(
+        x.shape,
+        lambda *i: tirx.Select(x(*i) >= tirx.const(0, x.dtype), 1, 0).astype("int32"),
+        name="binarize",
+    )
+
+
+def quantize(x: te.Tensor, scale: float, encoding: Encoding) -> te.Tensor:
+    lo, hi = encoding.value_range
+    step = tirx.const(scale, x.dtype)
+
+    def code(*i):
+        q = tirx.nearbyint(x(*i) / step)
+        q = te.max(te.min(q, tirx.const(hi, x.dtype)), tirx.const(lo, x.dtype))
+        return q.astype("int32")
+
+    return te.compute(x.shape, code, name="quantize")

@@ -1,0 +1,57 @@
+"""The sliding window of an NHWC conv2d: output size and which input pixel each tap reads.
+
+Padding is explicit `(top, left, bottom, right)`, any non-negative values; padded taps are not
+read at all, so they contribute 0 to the sum whatever the operands' encoding.
+"""
+
+from dataclasses import dataclass
+
+from tvm import tirx
+from tvm.ir import Expr
+
+from tvmbits.errors import UserError
+
+
+@dataclass(frozen=True)
+class Window:
+    in_size: tuple[int, int]
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]
+
+    def __post_init__(self):
+        if len(self.strides) != 2 or min(self.strides) < 1:
+            raise UserError(f"conv2d strides {self.strides}: need two positive integers")
+        if len(self.padding) != 4 or min(self.padding) < 0:
+            raise UserError(f"conv2d padding {self.padding}: need (top, left, bottom, right) ≥ 0")
+        if min(self.out_size) < 1:
+            raise UserError(f"conv2d kernel {self.kernel} is larger than its padded input")
+
+    @classmethod
+    def of(cls, in_size, kernel, strides, padding) -> "Window":
+        """A window from sequences of ints or TVM IntImms (as Relax conv2d attributes hold them)."""
+        return cls(*(tuple(int(v) for v in arg) for arg in (in_size, kernel, strides, padding)))
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        (height, width), (kh, kw), (sh, sw) = self.in_size, self.kernel, self.strides
+        top, left, bottom, right = self.padding
+        return (height + top + bottom - kh) // sh + 1, (width + left + right - kw) // sw + 1
+
+    def tap(self, y, x, ky, kx) -> tuple[Expr, Expr, Expr | None]:
+        """Input row and column read by output (y, x) at kernel tap (ky, kx), and the condition
+        that they lie inside the input (None when no padding can put them outside)."""
+        top, left, bottom, right = self.padding
+        row = y * self.strides[0] + ky - top
+        col = x * self.strides[1] + kx - left
+        height, width = self.in_size
+        conditions = []
+        if top:
+            conditions.append(row >= 0)
+        if bottom:
+            conditions.append(row < height)
+        if left:
+            conditions.append(col >= 0)
+        if right:
+            conditions.append(col < width)
+        return row, col, tirx.all(*conditions) if conditions else None
