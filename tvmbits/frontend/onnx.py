@@ -1,0 +1,145 @@
+"""Float ONNX models into Relax.
+
+The Relax module keeps the ONNX graph's input names, constant weights bound in the module
+(not function parameters), and NCHW layouts as ONNX has them; `layer_names` lists the ONNX
+node name of every Conv, Gemm and MatMul in graph order, which is also the order in which
+the importer emits their `conv2d` / `matmul` bindings.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+from tvmbits.errors import UserError
+
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class ImportedModel:
+    mod: "tvm.IRModule"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    layer_names: list[str]
+
+
+def load(path: str | Path) -> onnx.ModelProto:
+    """Read and check an ONNX file; every failure is a one-line UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, OSError) as err:
+        raise UserError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+    if not model.graph.node:
+        raise UserError(f"{path}: not an ONNX model (no graph nodes)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise UserError(f"{path}: invalid ONNX model: {first_line}") from None
+    return model
+
+
+def import_model(
+    model: onnx.ModelProto, source: str, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> ImportedModel:
+    """Import `model` (read from `source`) into Relax with constants bound.
+
+    `input_shapes` fixes graph inputs whose ONNX shape has symbolic dimensions.
+    """
+    _check_supported(model, source)
+    inputs = _input_specs(model, source, input_shapes or {})
+    try:
+        mod = from_onnx(
+            model,
+            shape_dict={spec.name: list(spec.shape) for spec in inputs},
+            dtype_dict={spec.name: spec.dtype for spec in inputs},
+            keep_params_in_input=False,
+            sanitize_input_names=False,
+        )
+    except Exception as err:  # the importer raises bare Exception/ValueError/TVMError alike
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{source}: TVM's ONNX importer failed: {message}") from None
+    mod = relax.transform.FoldConstant()(mod)
+    return ImportedModel(mod, inputs, _output_specs(mod, model), _layer_names(model))
+
+
+def _check_supported(model: onnx.ModelProto, source: str) -> None:
+    supported = _get_convert_map()
+    for node in model.graph.node:
+        if node.op_type not in supported and node.op_type not in ("Constant", "If"):
+            domain = f" (domain {node.domain})" if node.domain else ""
+            raise UserError(
+                f"{source}: node '{node.name or node.output[0]}' uses op {node.op_type}{domain}, "
+                "which TVM's ONNX importer does not support"
+            )
+
+
+def _input_specs(model, source, input_shapes) -> list[TensorSpec]:
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+        if value.name in input_shapes:
+            shape = tuple(input_shapes[value.name])
+        else:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+            if None in dims:
+                raise UserError(
+                    f"{source}: input '{value.name}' has symbolic dimensions; "
+                    f"give them with --input-shape {value.name}=D1,D2,..."
+                )
+            shape = tuple(dims)
+        specs.append(TensorSpec(value.name, shape, dtype))
+    unknown = set(input_shapes) - {spec.name for spec in specs}
+    if unknown:
+        raise UserError(f"{source}: --input-shape names no graph input: {', '.join(sorted(unknown))}")
+    return specs
+
+
+def _output_specs(mod, model) -> list[TensorSpec]:
+    ret = mod["main"].ret_ty
+    fields = ret.fields if isinstance(ret, relax.TupleType) else [ret]
+    return [
+        TensorSpec(value.name, tuple(int(d) for d in field.shape), str(field.dtype))
+        for value, field in zip(model.graph.output, fields)
+    ]
+
+
+def _layer_names(model) -> list[str]:
+    return [
+        node.name or node.output[0] for node in model.graph.node if node.op_type in LAYER_OPS
+    ]
+
+
+def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded standard-normal inputs (integers drawn from 0..9 for integer inputs)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        if np.issubdtype(np.dtype(spec.dtype), np.floating):
+            out[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+        else:
+            out[spec.name] = rng.integers(0, 10, spec.shape).astype(spec.dtype)
+    return out
