@@ -7,7 +7,10 @@ from tvmbits.artifact import open_artifact
 
 
 def run_local(artifact_path, *inputs):
-    """The artifact's outputs (numpy; the first if the model has several) and its metadata."""
+    """The artifact's output (numpy; a tuple of them for several outputs) and its metadata."""
     art = open_artifact(artifact_path)
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(art.library)), tvm.cpu())
-    return vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy(), art.metadata
+    out = vm["main"](*[tvm.runtime.tensor(x) for x in inputs])
+    if isinstance(out, tvm.runtime.Tensor):
+        return out.numpy(), art.metadata
+    return tuple(o.numpy() for o in out), art.metadata
