@@ -7,6 +7,8 @@ that tuning did not already schedule; the first rule that recognises a function 
 import tvm
 from tvm.s_tir import dlight
 
+from tvmbits.schedules.cpu import LowBitCPU
+
 
 def default_rules(target: tvm.target.Target) -> list:
     if "gpu" in target.keys:
@@ -17,4 +19,4 @@ def default_rules(target: tvm.target.Target) -> list:
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         ]
-    return []
+    return [LowBitCPU()]

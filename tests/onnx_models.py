@@ -5,7 +5,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def make_model(nodes, inputs, outputs, initializers, opset=17) -> onnx.ModelProto:
+def make_model(nodes, inputs, outputs, initializers, opset=17, domains=()) -> onnx.ModelProto:
+    """A checked float32 model; `domains` adds version-1 opset imports of custom op domains."""
     graph = helper.make_graph(
         nodes,
         "g",
@@ -13,7 +14,8 @@ def make_model(nodes, inputs, outputs, initializers, opset=17) -> onnx.ModelProt
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in initializers.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model

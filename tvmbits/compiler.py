@@ -22,7 +22,7 @@ from tvmbits.passes.assign_bits import assign_bits, check_bits
 from tvmbits.passes.calibrate import calibrate, needs_calibration
 from tvmbits.passes.layers import find_layers
 from tvmbits.passes.lower_lowbit import lower_lowbit
-from tvmbits.passes.pipeline import build_pipeline, to_nhwc
+from tvmbits.passes.pipeline import lower_pipeline, schedule, to_nhwc
 from tvmbits.targets import profile as profiles
 
 RANDOM_CALIBRATION_SAMPLES = 4
@@ -65,8 +65,9 @@ def compile_model(
     log(f"lowering {lowered} of {len(plans)} conv/dense layers to low-bit kernels")
     mod = lower_lowbit(plans)(mod)
     log(f"building for {profile.name} ({target.kind.name})")
+    mod = schedule(mod, target)
     with target:
-        executable = tvm.compile(mod, target=target, relax_pipeline=build_pipeline(target))
+        executable = tvm.compile(mod, target=target, relax_pipeline=lower_pipeline(target))
     metadata = {
         "tvmbits_version": tvmbits.__version__,
         "tvm_version": tvm.__version__,

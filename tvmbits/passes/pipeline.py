@@ -2,9 +2,9 @@
 
 `to_nhwc` runs before layers are found: NHWC activations and OHWI weights for every conv2d
 (TVM's ConvertLayout inserts the transposes at the graph's edges only), constants folded.
-`build_pipeline` runs after lowering: TVM's legalization and fusion (FuseOps fuses
-epilogues into the op_pattern-4 kernels), then the default schedules of `tvmbits.schedules`,
-then TVM's own lowering to the VM.
+`schedule` runs after lowering: TVM's legalization and fusion (FuseOps fuses epilogues into
+the op_pattern-4 kernels), then the default schedules of `tvmbits.schedules`;
+`lower_pipeline` is TVM's own lowering to the VM, which `tvm.compile` runs last.
 """
 
 import tvm
@@ -22,24 +22,28 @@ def to_nhwc(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     return relax.transform.FoldConstant()(mod)
 
 
-def build_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    @tvm.transform.module_pass(opt_level=0, name="TvmbitsBuild")
+def schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Legalize, fuse (epilogues into the op_pattern-4 kernels) and schedule every PrimFunc."""
+    with target:
+        passes = _backend(target).library_dispatch_passes(target) + [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            dlight.ApplyDefaultSchedule(*default_rules(target)),
+        ]
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def lower_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's own lowering of a scheduled module to the Relax VM (`tvm.compile`'s relax_pipeline)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmbitsLower")
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
             backend = _backend(target)
-            passes = (
-                backend.library_dispatch_passes(target)
-                + [
-                    relax.transform.LegalizeOps(),
-                    relax.transform.AnnotateTIROpPattern(),
-                    relax.transform.FoldConstant(),
-                    relax.transform.FuseOps(),
-                    relax.transform.FuseTIR(),
-                    dlight.ApplyDefaultSchedule(*default_rules(target)),
-                ]
-                + backend.dataflow_lower_passes(target)
-                + backend.finalize_passes(target)
-            )
+            passes = backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
             return tvm.transform.Sequential(passes)(mod)
 
     return pipeline

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for tvmbits: the Arm cross toolchains, qemu-user and debootstrap
+# for the emulated boards, and a virtual environment at .venv with tvmbits installed editable.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES="g++-aarch64-linux-gnu g++-arm-linux-gnueabihf binutils-aarch64-linux-gnu
+  binutils-arm-linux-gnueabihf qemu-user-static binfmt-support debootstrap"
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  echo "setup: installing Debian packages:$missing"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+echo "setup: installing tvmbits and its dependencies into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -c "import tvm, tvmbits; print('setup: tvmbits', tvmbits.__version__, 'on TVM', tvm.__version__)"

@@ -1,0 +1,172 @@
+"""The default CPU schedule (`LowBitCPU`) on fused Relax functions: it applies, keeps results
+bit-exact, and has the structure it promises (parallel outer loop, register accumulator,
+unrolled inner loop, epilogue inlined)."""
+
+import numpy as np
+import pytest
+import tvm
+from lowbit_kernels import random_codes, upstream
+from tvm import relax, te, topi
+from tvm.s_tir import dlight
+
+from tvmbits.ops import reference
+from tvmbits.ops.bitpack import bitpack, pack_bits
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
+from tvmbits.ops.bitserial_dense import bitserial_dense
+from tvmbits.ops.encoding import Encoding
+from tvmbits.ops.subbyte import pack_subbyte, subbyte_pack
+from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
+from tvmbits.ops.subbyte_dense import subbyte_dense
+from tvmbits.schedules.cpu import LowBitCPU
+
+X86 = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+ARM64 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+PACKING = {"bitserial": (bitpack, pack_bits), "subbyte": (subbyte_pack, pack_subbyte)}
+CONV = {"bitserial": bitserial_conv2d_nhwc, "subbyte": subbyte_conv2d_nhwc}
+DENSE = {"bitserial": bitserial_dense, "subbyte": subbyte_dense}
+
+
+def lowered_module(kernel, op, a_shape, w_codes, act, wgt, conv_args, epilogue):
+    """Relax: int32 activations → pack → kernel (op_pattern 4) → `epilogue`, fused and scheduled."""
+    te_pack, np_pack = PACKING[kernel]
+    compute = (CONV if op == "conv2d" else DENSE)[kernel]
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(a_shape, "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            packed = bb.emit_te(te_pack, x, act.bits, primfunc_name_hint=te_pack.__name__)
+            acc = bb.emit_te(
+                lambda d, w: compute(d, w, a_shape[-1], act, wgt, *conv_args),
+                packed,
+                relax.const(np_pack(w_codes, wgt.bits)),
+                primfunc_name_hint=f"{kernel}_{op}",
+                primfunc_attrs={"op_pattern": 4},
+            )
+            out = bb.emit_output(epilogue(bb, acc))
+        bb.emit_func_output(out)
+    mod = tvm.transform.Sequential(
+        [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ]
+    )(bb.get())
+    return mod
+
+
+def scale_epilogue(scale):
+    def epilogue(bb, acc):
+        return bb.emit(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), relax.const(scale)))
+
+    return epilogue
+
+
+def threshold_epilogue(scale, bias):
+    def epilogue(bb, acc):
+        y = bb.emit(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), relax.const(scale)))
+        y = bb.emit(relax.op.add(y, relax.const(bias)))
+        return bb.emit(relax.op.greater(y, relax.const(np.float32(0))))
+
+    return epilogue
+
+
+def schedule(mod, target):
+    with target:
+        return dlight.ApplyDefaultSchedule(LowBitCPU())(mod)
+
+
+def run(mod, a_codes, act):
+    vm = relax.VirtualMachine(tvm.compile(mod, target=X86), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(upstream(act, a_codes))).numpy()
+
+
+def test_fused_dense_with_scale_epilogue_is_scheduled_and_exact():
+    act, wgt = Encoding("bipolar", 1), Encoding("signed", 2)
+    rng = np.random.default_rng(0)
+    a, w = random_codes(rng, act, (3, 70)), random_codes(rng, wgt, (5, 70))
+    scale = rng.uniform(0.5, 2, 5).astype(np.float32)
+    mod = lowered_module("bitserial", "dense", (3, 70), w, act, wgt, (), scale_epilogue(scale))
+    scheduled = schedule(mod, X86)
+    func = scheduled["fused_bitserial_dense_cast_multiply"]
+    assert func.attrs["tirx.is_scheduled"]
+    script = func.script()
+    assert "T.parallel(" in script and "T.unroll(" in script
+    assert [(b.scope(), str(b.dtype)) for b in func.body.block.alloc_buffers] == [("local", "int32")]
+    expected = reference.dense(act.decode(a), wgt.decode(w)).astype(np.float32) * scale
+    np.testing.assert_array_equal(run(scheduled, a, act), expected)
+
+
+CASES = [
+    ("bitserial", Encoding("bipolar", 1), Encoding("bipolar", 1)),
+    ("bitserial", Encoding("unsigned", 2), Encoding("signed", 2)),
+    ("subbyte", Encoding("unsigned", 4), Encoding("signed", 4)),
+    ("subbyte", Encoding("signed", 8), Encoding("bipolar", 1)),
+]
+
+
+@pytest.mark.parametrize("kernel, act, wgt", CASES, ids=lambda v: str(getattr(v, "kind", v)))
+def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt):
+    a_shape, conv_args = (2, 7, 6, 37), ((2, 1), (1, 0, 2, 1))
+    rng = np.random.default_rng(1)
+    a, w = random_codes(rng, act, a_shape), random_codes(rng, wgt, (8, 3, 3, 37))
+    scale = rng.uniform(-1, 1, 8).astype(np.float32)
+    bias = rng.uniform(-4, 4, 8).astype(np.float32)
+    mod = lowered_module(kernel, "conv2d", a_shape, w, act, wgt, conv_args, threshold_epilogue(scale, bias))
+    scheduled = schedule(mod, X86)
+    name = f"fused_{kernel}_conv2d_cast_multiply_add_greater"
+    assert scheduled[name].attrs["tirx.is_scheduled"]
+    # the int32 accumulation never reaches memory: the intermediates are the local accumulator
+    # and the weights regrouped by output-channel group
+    buffers = {b.scope(): str(b.dtype) for b in scheduled[name].body.block.alloc_buffers}
+    assert buffers == {"local": "int32", "global": "uint32" if kernel == "bitserial" else "uint8"}
+    acc = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), *conv_args).astype(np.float32)
+    expected = acc * scale + bias > 0
+    np.testing.assert_array_equal(run(scheduled, a, act), expected)
+
+
+@pytest.mark.parametrize("kernel", ["bitserial", "subbyte"])
+def test_packing_functions_are_scheduled(kernel):
+    act, wgt = Encoding("unsigned", 2), Encoding("unsigned", 2)
+    mod = lowered_module(kernel, "dense", (2, 40), np.ones((3, 40), int), act, wgt, (), lambda bb, acc: acc)
+    scheduled = schedule(mod, X86)
+    pack = scheduled[PACKING[kernel][0].__name__]
+    assert pack.attrs["tirx.is_scheduled"]
+    assert "T.parallel(" in pack.script()
+
+
+def test_an_injective_producer_in_the_same_function_stays_exact():
+    act, wgt = Encoding("unsigned", 2), Encoding("signed", 2)
+    rng = np.random.default_rng(2)
+    a, w = random_codes(rng, act, (1, 5, 6, 40)), random_codes(rng, wgt, (4, 3, 3, 40))
+    codes = te.placeholder(a.shape, "int32", "codes")
+    weight = te.placeholder(pack_bits(w, 2).shape, "uint32", "weight")
+    padded = topi.nn.pad(bitpack(codes, 2), [0, 1, 2, 0, 0], [0, 1, 0, 0, 0])  # unsigned: code 0 = 0
+    out = bitserial_conv2d_nhwc(padded, weight, 40, act, wgt, (1, 1), (0, 0, 0, 0))
+    mod = schedule(tvm.IRModule({"main": te.create_prim_func([codes, weight, out])}), X86)
+    assert mod["main"].attrs["tirx.is_scheduled"]
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "int32"))
+    tvm.compile(mod, target=X86)(
+        tvm.runtime.tensor(a.astype("int32")), tvm.runtime.tensor(pack_bits(w, 2)), result
+    )
+    expected = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), (1, 1), (1, 2, 1, 0))
+    np.testing.assert_array_equal(result.numpy(), expected)
+
+
+def test_other_functions_are_left_to_other_rules():
+    x = te.placeholder((4, 4), "float32")
+    func = te.create_prim_func([x, te.compute((4, 4), lambda i, j: x[i, j] + 1, name="add")])
+    assert LowBitCPU().apply(func, X86, False) is None
+    codes = te.placeholder((2, 40), "int32")
+    kernel = te.create_prim_func([codes, bitpack(codes, 1)])
+    assert LowBitCPU().apply(kernel, tvm.target.Target({"kind": "cuda"}), False) is None
+
+
+@pytest.mark.parametrize("kernel, act, wgt", CASES[1:3], ids=lambda v: str(getattr(v, "kind", v)))
+def test_builds_for_arm64(kernel, act, wgt):
+    rng = np.random.default_rng(3)
+    w = random_codes(rng, wgt, (8, 3, 3, 37))
+    mod = lowered_module(kernel, "conv2d", (1, 6, 6, 37), w, act, wgt, ((1, 1), (1, 1, 1, 1)), scale_epilogue(np.ones(8, np.float32)))
+    mod = schedule(mod, ARM64)
+    assert mod[f"fused_{kernel}_conv2d_cast_multiply"].attrs["tirx.is_scheduled"]
+    assert tvm.compile(mod, target=ARM64) is not None

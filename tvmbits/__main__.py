@@ -1,0 +1,5 @@
+import sys
+
+from tvmbits.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""`tvmbits` command line: argument parsing only; the work lives in the modules it calls.
+
+Every failure the user can fix prints one line on stderr and exits with code 2.
+"""
+
+import argparse
+import json
+import sys
+
+from tvmbits.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return args.handler(args)
+    except UserError as err:
+        print(f"tvmbits: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tvmbits: interrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tvmbits", description="Compile, run and inspect low-bit networks.")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    compile_ = commands.add_parser("compile", help="compile an ONNX model into model.tar")
+    compile_.add_argument("model", help="ONNX file")
+    compile_.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
+    compile_.add_argument("-o", "--output", default="model.tar", help="artifact to write")
+    compile_.add_argument("--wbits", type=int, help="post-training weight bits (1-8) for float layers")
+    compile_.add_argument("--abits", type=int, help="post-training activation bits (1-8)")
+    compile_.add_argument("--all-layers", action="store_true", help="quantize first and last layers too")
+    compile_.add_argument("--kernel", default="auto", choices=["auto", "bitserial", "subbyte"])
+    compile_.add_argument("--calibrate", nargs="+", default=[], metavar="NPY", help="calibration samples")
+    compile_.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
+        help="fix an input's symbolic dimensions",
+    )
+    compile_.set_defaults(handler=_compile)
+
+    run = commands.add_parser("run", help="run model.tar here or on a board")
+    run.add_argument("artifact")
+    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    run.add_argument("--output", metavar="DIR", help="write <output name>.npy files here")
+    run.add_argument("--repeat", type=int, default=10, help="timed runs (0: no timing)")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument("--profile", action="store_true", help="print a per-layer time table")
+    run.add_argument("--rpc", metavar="HOST:PORT", help="a board running `tvmbits board serve`")
+    run.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker")
+    run.add_argument("--key", help="the board key to ask the tracker for")
+    run.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a board")
+    run.set_defaults(handler=_run)
+
+    inspect = commands.add_parser("inspect", help="print an artifact's metadata as JSON")
+    inspect.add_argument("artifact")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def _compile(args) -> int:
+    from tvmbits.compiler import CompileOptions, compile_model
+
+    options = CompileOptions(
+        target=args.target,
+        wbits=args.wbits,
+        abits=args.abits,
+        all_layers=args.all_layers,
+        kernel=args.kernel,
+        calibrate=args.calibrate,
+        input_shapes=dict(_shape(item) for item in args.input_shape),
+    )
+    compile_model(args.model, args.output, options, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def _shape(item: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = item.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or min(shape) < 1:
+        raise UserError(f"--input-shape {item}: expected NAME=D1,D2,... with positive integers")
+    return name, shape
+
+
+def _run(args) -> int:
+    from tvmbits import deploy, runtime
+    from tvmbits.artifact import open_artifact
+
+    if args.repeat < 0:
+        raise UserError(f"--repeat {args.repeat}: must be 0 or more")
+    if args.rpc and args.tracker:
+        raise UserError("give either --rpc or --tracker, not both")
+    if bool(args.tracker) != bool(args.key):
+        raise UserError("--tracker and --key go together")
+    art = open_artifact(args.artifact)
+    inputs = deploy.read_inputs(args.input, art.metadata)
+    session = runtime.Session.open(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
+    try:
+        result = deploy.run_artifact(art, inputs, session, repeat=args.repeat, profile=args.profile)
+    finally:
+        session.close()
+    paths = deploy.write_outputs(result.outputs, args.output) if args.output else {}
+    if args.json:
+        report = {"outputs": paths, "timing_ms": result.timing_ms}
+        if result.profile is not None:
+            report["profile"] = result.profile
+        print(json.dumps(report))
+        return 0
+    for name, value in result.outputs.items():
+        where = f" -> {paths[name]}" if name in paths else ""
+        print(f"{name}: {value.dtype}{list(value.shape)}{where}")
+    if result.timing_ms:
+        t = result.timing_ms
+        print(
+            f"latency: mean {t['mean']:.3f} ms, median {t['median']:.3f} ms, "
+            f"std {t['std']:.3f} ms over {t['repeat']} runs"
+        )
+    if result.profile:
+        width = max(len(row["name"]) for row in result.profile)
+        print(f"{'kernel':<{width}} {'calls':>5} {'ms/run':>9} {'share':>6}")
+        for row in result.profile:
+            print(f"{row['name']:<{width}} {row['calls']:>5} {row['ms']:9.3f} {row['share']:6.1%}")
+    return 0
+
+
+def _inspect(args) -> int:
+    from tvmbits.artifact import open_artifact
+
+    meta = open_artifact(args.artifact).metadata
+    layers = meta["layers"]
+    lowbit = [layer for layer in layers if layer["kernel"] != "float"]
+    meta["summary"] = {
+        "layers": len(layers),
+        "lowbit_layers": len(lowbit),
+        "float_layers": [{"name": l["name"], "reason": l["reason"]} for l in layers if l["kernel"] == "float"],
+        "lowbit_weight_bytes_float": sum(l["weight_bytes_float"] for l in lowbit),
+        "lowbit_weight_bytes_packed": sum(l["weight_bytes_packed"] for l in lowbit),
+    }
+    print(json.dumps(meta, indent=2))
+    return 0

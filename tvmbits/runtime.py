@@ -1,0 +1,207 @@
+"""Where a compiled library runs: this machine, a board over TVM RPC, or a board a tracker assigns.
+
+A `Session` wraps TVM's own RPC client (`tvm.rpc.connect`, `connect_tracker`); it adds the
+`--timeout` that TVM lacks (an unreachable board, a tracker with no free board of the key) and
+turns every failure of the link into a one-line `UserError` naming the board. A board started
+with `tvmbits board serve` also answers which CPU architecture it is (`uname -m`), so a library
+built for another architecture is refused before it is uploaded.
+
+Timings are `time_evaluator` runs in milliseconds, measured on the device itself; a per-layer
+profile times each compiled kernel inside the model's run, on the device (`board.profiler`).
+"""
+
+import json
+import platform
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm import rpc as tvm_rpc
+
+from tvmbits.board import profiler
+from tvmbits.errors import UserError
+
+@dataclass
+class Loaded:
+    """A library loaded in the Relax VM of a session's device."""
+
+    library: tvm.runtime.Module
+    vm: relax.VirtualMachine
+    device: tvm.runtime.Device
+
+
+class Session:
+    """This machine (`remote` None) or one RPC session to a board."""
+
+    def __init__(self, remote: "tvm_rpc.RPCSession | None", where: str, timeout: float):
+        self.remote = remote
+        self.where = where
+        self.timeout = timeout
+
+    @classmethod
+    def open(
+        cls, rpc: str | None = None, tracker: str | None = None, key: str | None = None, timeout: float = 30.0
+    ) -> "Session":
+        """Open this machine (no arguments), a board at `rpc` HOST:PORT, or a board of `key`
+        from the tracker at `tracker` HOST:PORT, giving up after `timeout` seconds."""
+        if timeout <= 0:
+            raise UserError(f"--timeout {timeout}: must be positive")
+        if rpc:
+            host, port = _address("--rpc", rpc)
+            where = f"board {rpc}"
+            _reachable(host, port, where, timeout)
+            return cls(_within(timeout, lambda: tvm_rpc.connect(host, port), where, "connecting"), where, timeout)
+        if tracker:
+            host, port = _address("--tracker", tracker)
+            where = f"tracker {tracker}"
+            _reachable(host, port, where, timeout)
+            client = _within(timeout, lambda: tvm_rpc.connect_tracker(host, port), where, "connecting")
+            remote = _within(
+                timeout,
+                lambda: client.request(key, max_retry=1),
+                where,
+                f"waiting for a free board with key '{key}'",
+            )
+            return cls(remote, f"board '{key}' from {where}", timeout)
+        return cls(None, "this machine", timeout)
+
+    def describe(self) -> str:
+        return self.where
+
+    def machine(self) -> str | None:
+        """The device's CPU architecture as `uname -m` prints it; None when the board cannot say."""
+        if self.remote is None:
+            return platform.machine()
+        try:
+            ask = self.remote.get_function(profiler.MACHINE)
+        except Exception:  # a plain TVM rpc_server: no such function
+            return None
+        return str(self._call("asking its architecture", ask))
+
+    def device(self, kind: str) -> tvm.runtime.Device:
+        if kind not in ("cpu", "cuda"):
+            raise UserError(f"unknown device kind '{kind}' in the artifact")
+        host = self.remote if self.remote is not None else tvm
+        return host.cpu() if kind == "cpu" else host.cuda()
+
+    def load(self, library: str | Path, device_kind: str = "cpu") -> Loaded:
+        """Upload (for a board) and load `library` into a Relax VM on the session's device."""
+        dev = self.device(device_kind)
+        if self.remote is None:
+            lib = tvm.runtime.load_module(str(library))
+        else:
+            name = Path(library).name
+            self._call("uploading the library", lambda: self.remote.upload(str(library)))
+            lib = self._call("loading the library", lambda: self.remote.load_module(name))
+        if device_kind == "cuda" and not self._call("opening its GPU", lambda: dev.exist):
+            raise UserError(f"{self.where} has no CUDA device to run this artifact on")
+        vm = self._call("starting the VM", lambda: relax.VirtualMachine(lib, dev))
+        return Loaded(lib, vm, dev)
+
+    def close(self) -> None:
+        self.remote = None  # TVM closes the RPC session when its last reference goes
+
+    def _call(self, what: str, fn):
+        """Run `fn`; a failure of a board becomes one line naming the board and the step."""
+        if self.remote is None:
+            return fn()
+        try:
+            return fn()
+        except (tvm.error.TVMError, RuntimeError, OSError) as err:
+            raise UserError(f"{self.where} failed while {what}: {_first_line(err)}") from None
+
+
+def run(session: Session, loaded: Loaded, args: list[np.ndarray]) -> list[np.ndarray]:
+    """Run `main` once on `args`; the outputs as numpy arrays, in the function's order."""
+
+    def call():
+        out = loaded.vm["main"](*[tvm.runtime.tensor(a, loaded.device) for a in args])
+        values = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+        return [value.numpy() for value in values]
+
+    return session._call("running the model", call)
+
+
+def time(session: Session, loaded: Loaded, args: list[np.ndarray], number: int, repeat: int,
+         min_repeat_ms: int = 0) -> list[float]:
+    """`repeat` timings of `main` in ms, each the mean of `number` runs, measured on the device."""
+
+    def measure():
+        loaded.vm.set_input("main", *[tvm.runtime.tensor(a, loaded.device) for a in args])
+        timer = loaded.vm.time_evaluator(
+            "invoke_stateful", loaded.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+        )
+        return [t * 1e3 for t in timer("main").results]
+
+    return session._call("timing the model", measure)
+
+
+def profile(session: Session, loaded: Loaded, args: list[np.ndarray], runs: int = 5) -> list[dict]:
+    """Per-kernel times of `main` measured on the device (`tvmbits.board.profiler`): one row per
+    kernel, {name, calls, ms, share}, ms being its median time per model run."""
+    tensors = [tvm.runtime.tensor(a, loaded.device) for a in args]
+    if session.remote is None:
+        report = profiler.profile(loaded.vm.module, "main", runs, *tensors)
+    else:
+        try:
+            remote_profile = session.remote.get_function(profiler.PROFILE)
+        except Exception:
+            raise UserError(
+                f"{session.where} cannot profile: start it with `tvmbits board serve` "
+                "(a plain TVM rpc_server has no profiler)"
+            ) from None
+        report = session._call("profiling", lambda: remote_profile(loaded.vm.module, "main", runs, *tensors))
+    rows = json.loads(str(report))
+    total = sum(row["ms"] for row in rows) or 1.0
+    for row in rows:
+        row["share"] = row["ms"] / total
+    return rows
+
+
+def _address(flag: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{flag} {value}: expected HOST:PORT")
+    return host, int(port)
+
+
+def _reachable(host: str, port: int, where: str, timeout: float) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except socket.timeout:
+        raise UserError(f"{where} is unreachable: no answer within {timeout:g} s") from None
+    except OSError as err:
+        raise UserError(f"{where} is unreachable: {err.strerror or err}") from None
+
+
+def _within(timeout: float, fn, where: str, what: str):
+    """`fn()` in a helper thread; a UserError if it fails or has not returned after `timeout` s.
+
+    TVM's connect and tracker requests block without a limit; the abandoned thread is a daemon.
+    """
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except Exception as err:  # reported below, in the caller's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise UserError(f"{where}: gave up {what} after {timeout:g} s")
+    if "error" in result:
+        raise UserError(f"{where}: failed {what}: {_first_line(result['error'])}")
+    return result["value"]
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    # TVM errors put a traceback before the message; its last line says what happened
+    return lines[-1] if lines else type(err).__name__
