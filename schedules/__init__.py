@@ -7,7 +7,7 @@ that tuning did not already schedule; the first rule that recognises a function 
 import tvm
 from tvm.s_tir import dlight
 
-from tvmbits.schedules.cpu import LowBitCPU
+from tvmbits.schedules.cpu import LowBitCPU, ParallelCPU
 
 
 def default_rules(target: tvm.target.Target) -> list:
@@ -19,4 +19,4 @@ def default_rules(target: tvm.target.Target) -> list:
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         ]
-    return [LowBitCPU()]
+    return [LowBitCPU(), ParallelCPU()]

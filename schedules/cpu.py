@@ -1,40 +1,46 @@
-"""Default CPU schedule of the low-bit operators, as a dlight rule (a sound start, not tuned).
+"""Default CPU schedules, as dlight rules (a sound start, not tuned).
 
 `LowBitCPU` schedules a PrimFunc holding exactly one kernel block (`bitserial_conv2d`,
-`bitserial_dense`, `subbyte_conv2d`, `subbyte_dense`), also after FuseOps + FuseTIR put
-producers before it and elementwise epilogues after it. The output channels are split into
-groups of `LANES` (fewer when there are fewer channels):
+`bitserial_dense`, `subbyte_conv2d`, `subbyte_dense`, and TOPI's float `conv2d_nhwc`, so that
+the float first layer and shortcuts of a low-bit network are not left naive), also after
+FuseOps + FuseTIR put producers before it and elementwise epilogues after it. Output channels
+are split into vectors of `LANES`:
 
-- conv2d: the weights are copied once per call into `[O/LANES, KH, KW, ..., LANES]` so that a
-  group's weights lie side by side; the outer spatial loops and the groups are fused into one
-  parallel loop, the reduction loops run inside it, and the group's LANES accumulators are the
-  innermost, vectorised loop (each activation word or byte is loaded once per group);
-- dense: the batch and the groups are fused into one parallel loop; each output channel
-  accumulates in one register over the whole reduction;
+- conv2d: the weights are copied once per call into `[ceil(O/LANES), KH, KW, ..., LANES]`
+  (zero-padded) so that a vector's weights lie side by side. A register tile holds
+  PIXELS × GROUPS accumulator vectors: GROUPS (≤ 4) output-channel vectors of PIXELS
+  (≤ ACCUMULATORS / GROUPS, a divisor of the output width) neighbouring pixels of one row.
+  The batch, rows, column blocks and channel blocks are fused into one parallel loop; inside it
+  the reduction loops run, and within each reduction step the tile is unrolled with the lanes
+  vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
+  vector is loaded once per PIXELS pixels;
+- dense: the batch and the channel vectors are fused into one parallel loop; each output
+  channel accumulates in one register over the whole reduction;
 - the accumulators live in a "local" buffer, initialised before the reduction loops; the
-  innermost reduction loop (packed words, or channels for sub-byte) is unrolled, in chunks of
-  `UNROLL` when longer;
-- the epilogues are inlined into the accumulators' write-back, so the int32 result never goes
+  innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`;
+- the epilogues are inlined into the accumulators' write-back, so the accumulation never goes
   to memory; an epilogue that cannot be inlined stays a parallel loop nest of its own;
 - producers (padding, packing) stay whole, each a parallel loop nest: inlining them into the
   kernel would redo them once per output channel.
 
-Measured on 2 x86 cores against the unscheduled kernel (conv 56×56×64→64, 3×3): bipolar 1.0 vs
-1.8 ms, 2×2 bits 2.9 vs 5.9 ms, sub-byte 4×4 bits 13 vs 108 ms.
-
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
-producers (binarize, quantize) inlined into the packing and its loops parallelised. Every other
-PrimFunc is left to the next rule (None).
+producers (binarize, quantize) inlined into the packing and its loops parallelised.
+`ParallelCPU` takes every other PrimFunc (transposes, pooling, dense float layers).
+`benchmarks/layers.py` measures what these schedules reach against ONNX Runtime.
 """
 
+import numpy as np
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.target import Target
 
-KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense")
+KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc")
 PACKS = ("bitpack", "subbyte_pack")
 LANES = 16
+GROUPS = 4  # vectors of output channels accumulated together for one pixel
+ACCUMULATORS = 16  # accumulator vectors in a register tile (AVX-512 and NEON have 32 registers)
 UNROLL = 8
+MIN_PARALLEL = 4096  # points below which a loop nest is not worth waking the thread pool
 
 
 class LowBitCPU(dlight.ScheduleRule):
@@ -60,9 +66,26 @@ class LowBitCPU(dlight.ScheduleRule):
         return None
 
 
+class ParallelCPU(dlight.ScheduleRule):
+    """Every other PrimFunc on LLVM targets (layout transposes, pooling, float layers): the
+    leading data-parallel loops of each of its loop nests run in parallel, the innermost stays a
+    plain loop for LLVM to vectorise; nests of fewer than MIN_PARALLEL points stay serial."""
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            _parallelize(sch, block, keep_inner=True)
+        return sch
+
+
 def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int) -> None:
     kernel = blocks[index]
-    is_conv = sch.get(kernel).name_hint.endswith("conv2d")
+    is_conv = "conv2d" in sch.get(kernel).name_hint
     for producer in blocks[:index]:
         _parallelize(sch, producer)
     spatial = _spatial_loop_count(sch, kernel)
@@ -75,8 +98,9 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int) -> None:
             if region.region[0].min.same_as(out_channel.var)
         )
         copy = sch.cache_read(kernel, weight, "global")
+        zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
         sch.transform_layout(
-            kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=0
+            kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
         )
         _parallelize(sch, copy)
     write_back = sch.cache_write(kernel, 0, "local")
@@ -85,19 +109,41 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int) -> None:
             sch.reverse_compute_inline(epilogue)
         except s_tir.ScheduleError:
             _parallelize(sch, epilogue)
+    if is_conv:
+        _tile_conv(sch, kernel, write_back, lanes)
+        return
     loops = sch.get_loops(kernel)
     *outer, channel = loops[:spatial]
     reduction = loops[spatial:]
     group, lane = sch.split(channel, factors=[None, lanes])
-    if is_conv:
-        sch.reorder(group, *reduction, lane)
     parallel = sch.fuse(*outer, group)
     sch.parallel(parallel)
-    sch.reverse_compute_at(write_back, parallel if is_conv else lane)
-    if is_conv:
-        sch.vectorize(lane)  # before decompose_reduction, which needs the init to move first
+    sch.reverse_compute_at(write_back, lane)
     sch.decompose_reduction(kernel, reduction[0])
     _unroll(sch, reduction[-1])
+
+
+def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int) -> None:
+    """Register tile of PIXELS × GROUPS × lanes accumulators (see the module docstring)."""
+    n, y, x, channel, *reduction = sch.get_loops(kernel)
+    vectors = -(-int(sch.get(channel).extent) // lanes)
+    groups = _largest_divisor(vectors, GROUPS)
+    pixels = _largest_divisor(int(sch.get(x).extent), ACCUMULATORS // groups)
+    outer, group, lane = sch.split(channel, factors=[None, groups, lanes])
+    x_outer, pixel = sch.split(x, factors=[None, pixels])
+    sch.reorder(x_outer, outer, *reduction, pixel, group, lane)
+    parallel = sch.fuse(n, y, x_outer, outer)
+    sch.parallel(parallel)
+    sch.reverse_compute_at(write_back, parallel)
+    sch.vectorize(lane)  # before decompose_reduction, which needs the init to move first
+    sch.decompose_reduction(kernel, reduction[0])
+    sch.unroll(pixel)
+    sch.unroll(group)
+    _unroll(sch, reduction[-1])
+
+
+def _largest_divisor(value: int, limit: int) -> int:
+    return max(d for d in range(1, min(value, limit) + 1) if value % d == 0)
 
 
 def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> None:
@@ -121,11 +167,22 @@ def _spatial_loop_count(sch: s_tir.Schedule, block) -> int:
     return count
 
 
-def _parallelize(sch: s_tir.Schedule, block) -> None:
+def _parallelize(sch: s_tir.Schedule, block, keep_inner: bool = False) -> None:
+    """Fuse the block's leading spatial loops into one parallel loop (all of them, or all but
+    the innermost with `keep_inner` when there are several)."""
     spatial = _spatial_loop_count(sch, block)
     loops = sch.get_loops(block)
-    if spatial and len(loops) == len(sch.get(block).iter_vars):
-        sch.parallel(sch.fuse(*loops[:spatial]))
+    if not spatial or len(loops) != len(sch.get(block).iter_vars):
+        return
+    extents = [sch.get(loop).extent for loop in loops[:spatial]]
+    if not all(isinstance(e, tirx.IntImm) for e in extents):
+        return
+    if keep_inner:
+        if spatial > 1:
+            spatial -= 1
+        if np.prod([e.value for e in extents]) < MIN_PARALLEL:
+            return
+    sch.parallel(sch.fuse(*loops[:spatial]))
 
 
 def _unroll(sch: s_tir.Schedule, loop) -> None:

@@ -17,7 +17,7 @@ from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import pack_subbyte, subbyte_pack
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
-from tvmbits.schedules.cpu import LowBitCPU
+from tvmbits.schedules.cpu import LowBitCPU, ParallelCPU
 
 X86 = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 ARM64 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
@@ -170,3 +170,28 @@ def test_builds_for_arm64(kernel, act, wgt):
     mod = schedule(mod, ARM64)
     assert mod[f"fused_{kernel}_conv2d_cast_multiply"].attrs["tirx.is_scheduled"]
     assert tvm.compile(mod, target=ARM64) is not None
+
+
+def test_float_conv2d_is_register_tiled_and_matches_numpy():
+    """TOPI's float conv2d_nhwc (a network's float first layer) takes the same register tile."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-8, 8, (1, 9, 12, 3)).astype(np.float32)
+    w = rng.integers(-8, 8, (20, 3, 3, 3)).astype(np.float32)  # 20 channels: a padded vector
+    data = te.placeholder(x.shape, "float32", "x")
+    weight = te.placeholder(w.shape, "float32", "w")
+    out = topi.nn.conv2d(data, weight, (2, 2), (1, 1, 1, 1), (1, 1), data_layout="NHWC", kernel_layout="OHWI")
+    mod = schedule(tvm.IRModule({"main": te.create_prim_func([data, weight, out])}), X86)
+    script = mod["main"].script()
+    assert "T.parallel(" in script and "T.vectorized(" in script
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    tvm.compile(mod, target=X86)(tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
+    expected = reference.conv2d_nhwc(x.astype(np.int64), w.astype(np.int64), (2, 2), (1, 1, 1, 1))
+    np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
+
+
+def test_other_functions_run_in_parallel_above_a_size():
+    big, small = te.placeholder((64, 64, 8), "float32"), te.placeholder((4, 4), "float32")
+    for x, parallel in ((big, True), (small, False)):
+        y = te.compute(x.shape[::-1], lambda *i: x(*i[::-1]), name="transpose")
+        func = ParallelCPU().apply(te.create_prim_func([x, y]), X86, False).mod["main"]
+        assert ("T.parallel(" in func.script()) == parallel

@@ -1,0 +1,214 @@
+"""Time tvmbits' low-bit convolutions against ONNX Runtime float32 and int8 on ResNet-18's 3×3
+conv layers (batch 1, 224×224 input), all in one run on this machine.
+
+Each layer is a one-conv ONNX model: float32 `Conv` for ONNX Runtime float32, `QLinearConv`
+(uint8 activations, int8 per-tensor weights) for ONNX Runtime int8, and for tvmbits
+- W1A1: `Sign → Conv(±1 weights)`, compiled as a binarized layer;
+- WwAa: `Relu → Conv(float weights)` compiled with `--wbits w --abits a --all-layers`
+  (unsigned a-bit activations, signed/bipolar w-bit weights).
+tvmbits' time includes quantizing and packing the layer's float input and its float epilogue.
+Every contender uses all cores; numbers are medians of `--repeat` runs after warm-up.
+
+    python benchmarks/layers.py [--repeat 50] [--layers 0,2] [--out benchmarks/results]
+"""
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+
+import tvmbits
+from tvmbits import runtime
+from tvmbits.artifact import open_artifact
+from tvmbits.compiler import CompileOptions, compile_model
+
+# (input size, in channels, out channels, stride) of ResNet-18's distinct 3×3 convs
+LAYERS = [
+    (56, 64, 64, 1),
+    (56, 64, 128, 2),
+    (28, 128, 128, 1),
+    (28, 128, 256, 2),
+    (14, 256, 256, 1),
+    (14, 256, 512, 2),
+    (7, 512, 512, 1),
+]
+BITS = [(1, 1), (1, 2), (2, 2), (4, 4)]  # (weight bits, activation bits)
+
+
+def macs(layer) -> int:
+    size, cin, cout, stride = layer
+    out = (size + 2 - 3) // stride + 1
+    return out * out * cout * cin * 9
+
+
+def _model(nodes, inits, layer, x_type, y_type, opset=17) -> onnx.ModelProto:
+    size, cin, cout, stride = layer
+    out = (size + 2 - 3) // stride + 1
+
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("input", x_type, [1, cin, size, size])],
+        [helper.make_tensor_value_info("output", y_type, [1, cout, out, out])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def float_conv(layer, rng, pre=None) -> onnx.ModelProto:
+    size, cin, cout, stride = layer
+    weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    if pre == "Sign":
+        weight = np.sign(weight) + (weight == 0)
+    nodes, data = [], "input"
+    if pre:
+        nodes.append(helper.make_node(pre, ["input"], ["pre"]))
+        data = "pre"
+    nodes.append(helper.make_node("Conv", [data, "w"], ["output"], pads=[1] * 4, strides=[stride] * 2))
+    return _model(nodes, {"w": weight}, layer, TensorProto.FLOAT, TensorProto.FLOAT)
+
+
+def int8_conv(layer, rng) -> onnx.ModelProto:
+    size, cin, cout, stride = layer
+    inits = {
+        "xs": np.float32(0.05), "xz": np.uint8(0),
+        "w": rng.integers(-127, 128, (cout, cin, 3, 3)).astype(np.int8),
+        "ws": np.float32(0.01), "wz": np.int8(0),
+        "ys": np.float32(0.5), "yz": np.uint8(0),
+    }
+    node = helper.make_node(
+        "QLinearConv", ["input", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["output"],
+        pads=[1] * 4, strides=[stride] * 2,
+    )
+    return _model([node], inits, layer, TensorProto.UINT8, TensorProto.UINT8)
+
+
+def time_ort(model: onnx.ModelProto, x: np.ndarray, repeat: int) -> float:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for _ in range(5):
+        session.run(None, {"input": x})
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def time_tvmbits(model: onnx.ModelProto, x: np.ndarray, repeat: int, wbits=None, abits=None) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(model, f"{tmp}/m.onnx")
+        options = CompileOptions(wbits=wbits, abits=abits, all_layers=wbits is not None)
+        meta = compile_model(f"{tmp}/m.onnx", f"{tmp}/m.tar", options)
+        art = open_artifact(f"{tmp}/m.tar")
+        session = runtime.Session.open()
+        loaded = session.load(art.library)
+        runtime.run(session, loaded, [x])
+        times = runtime.time(session, loaded, [x], number=1, repeat=repeat)
+    return float(np.median(times)), meta["layers"][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--layers", help="comma-separated indices into LAYERS (default: all)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    picked = [LAYERS[int(i)] for i in args.layers.split(",")] if args.layers else LAYERS
+    rng = np.random.default_rng(0)
+    rows = []
+    for layer in picked:
+        size, cin, cout, stride = layer
+        x = rng.standard_normal((1, cin, size, size)).astype(np.float32)
+        row = {"layer": layer, "macs": macs(layer)}
+        row["ort_fp32"] = time_ort(float_conv(layer, rng), x, args.repeat)
+        row["ort_int8"] = time_ort(int8_conv(layer, rng), rng.integers(0, 256, x.shape).astype(np.uint8), args.repeat)
+        for wbits, abits in BITS:
+            if (wbits, abits) == (1, 1):
+                ms, plan = time_tvmbits(float_conv(layer, rng, "Sign"), x, args.repeat)
+            else:
+                ms, plan = time_tvmbits(float_conv(layer, rng, "Relu"), x, args.repeat, wbits, abits)
+            assert plan["kernel"] != "float", plan
+            row[f"W{wbits}A{abits}"] = ms
+            row[f"W{wbits}A{abits}_bytes"] = plan["weight_bytes_packed"]
+        row["fp32_bytes"] = cout * cin * 9 * 4
+        rows.append(row)
+        print(_line(row), flush=True)
+    report = _report(rows, args.repeat)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "layers.md").write_text(report)
+    print(f"wrote {out / 'layers.md'}")
+
+
+def _line(row) -> str:
+    size, cin, cout, stride = row["layer"]
+    cells = [f"{size}x{size}x{cin}->{cout}/s{stride}", f"fp32 {row['ort_fp32']:.3f}", f"int8 {row['ort_int8']:.3f}"]
+    cells += [f"W{w}A{a} {row[f'W{w}A{a}']:.3f}" for w, a in BITS]
+    return " | ".join(cells) + " ms"
+
+
+def _report(rows, repeat) -> str:
+    cpu = _cpu_model()
+    lines = [
+        "# ResNet-18 3×3 conv layers: tvmbits vs ONNX Runtime",
+        "",
+        f"CPU: {cpu}, {os.cpu_count()} cores; tvmbits {tvmbits.__version__} on TVM {tvm.__version__}, "
+        f"ONNX Runtime {ort.__version__}; batch 1, medians of {repeat} runs, ms. "
+        "Speed-ups are ONNX Runtime's time / tvmbits' time on the same layer in the same run.",
+        "",
+        "| layer | MMACs | ORT fp32 | ORT int8 | " + " | ".join(f"W{w}A{a}" for w, a in BITS)
+        + " | W1A1 vs fp32 | W1A2 vs int8 | W2A2 vs int8 | W4A4 vs int8 |",
+        "|---" * (4 + len(BITS) + 4) + "|",
+    ]
+    for row in rows:
+        size, cin, cout, stride = row["layer"]
+        cells = [f"{size}×{size}, {cin}→{cout}, s{stride}", f"{row['macs'] / 1e6:.0f}",
+                 f"{row['ort_fp32']:.3f}", f"{row['ort_int8']:.3f}"]
+        cells += [f"{row[f'W{w}A{a}']:.3f}" for w, a in BITS]
+        cells += [f"{row['ort_fp32'] / row['W1A1']:.2f}×"]
+        cells += [f"{row['ort_int8'] / row[k]:.2f}×" for k in ("W1A2", "W2A2", "W4A4")]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    def geomean(key, base):
+        return float(np.exp(np.mean([np.log(r[base] / r[key]) for r in rows])))
+
+    lines += [
+        "",
+        f"Geometric means: W1A1 {geomean('W1A1', 'ort_fp32'):.2f}× ORT fp32; "
+        f"W1A2 {geomean('W1A2', 'ort_int8'):.2f}× ORT int8; W2A2 {geomean('W2A2', 'ort_int8'):.2f}× ORT int8; "
+        f"W4A4 {geomean('W4A4', 'ort_int8'):.2f}× ORT int8.",
+        "",
+        "Weight bytes over all layers: "
+        f"fp32 {sum(r['fp32_bytes'] for r in rows)}, int8 {sum(r['fp32_bytes'] for r in rows) // 4}, "
+        + ", ".join(f"W{w}A{a} {sum(r[f'W{w}A{a}_bytes'] for r in rows)}" for w, a in BITS)
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    main()
