@@ -24,5 +24,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing tvmbits and its dependencies into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
+# torch first, alone: this machine kind keeps its CPU build on disk (in the test extra, pip
+# resolving it among the other packages could pick the multi-GB CUDA build)
+.venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -c "import tvm, tvmbits; print('setup: tvmbits', tvmbits.__version__, 'on TVM', tvm.__version__)"

@@ -1,6 +1,7 @@
 """Model file → artifact: the driver behind `tvmbits compile` and the Python API.
 
-    load ONNX ─▶ import to Relax ─▶ NHWC layouts ─▶ find layers ─▶ assign bits
+    load ONNX ─▶ rewrite QONNX/QDQ quantizers (facts per layer) ─▶ import to Relax
+      ─▶ NHWC layouts ─▶ find layers ─▶ assign bits (from the facts, or --wbits/--abits)
       ─▶ calibrate (post-training only) ─▶ lower to low-bit ops ─▶ legalize, fuse, schedule
       ─▶ build for the profile's target ─▶ link (cross compiler) ─▶ model.tar
 """
@@ -56,7 +57,9 @@ def compile_model(
     target = profile.tvm_target()
     mod = to_nhwc(imported.mod, target)
     layers = find_layers(mod["main"], imported.layer_names)
-    plans = assign_bits(layers, options.wbits, options.abits, options.all_layers, options.kernel)
+    plans = assign_bits(
+        layers, options.wbits, options.abits, options.all_layers, options.kernel, imported.facts
+    )
     if needs_calibration(plans):
         samples = _calibration_samples(imported, options.calibrate, log)
         log(f"calibrating {len(needs_calibration(plans))} layers on {len(samples)} samples")

@@ -1,12 +1,14 @@
-"""Float ONNX models into Relax.
+"""ONNX models into Relax: float ONNX as is, QONNX quantizers rewritten first.
 
+`qonnx.rewrite` replaces the quantizers by standard ONNX ops computing the same float
+values and returns the quantization facts per layer (`ImportedModel.facts`).
 The Relax module keeps the ONNX graph's input names, constant weights bound in the module
 (not function parameters), and NCHW layouts as ONNX has them; `layer_names` lists the ONNX
 node name of every Conv, Gemm and MatMul in graph order, which is also the order in which
 the importer emits their `conv2d` / `matmul` bindings.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,9 @@ from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
 from tvmbits.errors import UserError
-
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
+from tvmbits.frontend import qonnx
+from tvmbits.frontend.facts import LayerFacts
+from tvmbits.frontend.graph_edit import LAYER_OPS, node_name
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ImportedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     layer_names: list[str]
+    facts: dict[str, LayerFacts] = field(default_factory=dict)  # by layer name
 
 
 def load(path: str | Path) -> onnx.ModelProto:
@@ -65,6 +69,7 @@ def import_model(
 
     `input_shapes` fixes graph inputs whose ONNX shape has symbolic dimensions.
     """
+    model, facts = qonnx.rewrite(model, source)
     _check_supported(model, source)
     inputs = _input_specs(model, source, input_shapes or {})
     try:
@@ -79,7 +84,7 @@ def import_model(
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{source}: TVM's ONNX importer failed: {message}") from None
     mod = relax.transform.FoldConstant()(mod)
-    return ImportedModel(mod, inputs, _output_specs(mod, model), _layer_names(model))
+    return ImportedModel(mod, inputs, _output_specs(mod, model), _layer_names(model), facts)
 
 
 def _check_supported(model: onnx.ModelProto, source: str) -> None:
@@ -128,9 +133,7 @@ def _output_specs(mod, model) -> list[TensorSpec]:
 
 
 def _layer_names(model) -> list[str]:
-    return [
-        node.name or node.output[0] for node in model.graph.node if node.op_type in LAYER_OPS
-    ]
+    return [node_name(node) for node in model.graph.node if node.op_type in LAYER_OPS]
 
 
 def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,6 +1,9 @@
 """Decide, per layer, which kernel runs it and with which bit widths.
 
-Two ways a layer becomes low-bit:
+Three ways a layer becomes low-bit:
+- *quantized in the model* (QONNX or QDQ): the model's own quantizers give the bits, integer
+  weights and scales (`quantized_plan.py`); such a layer never takes --wbits/--abits, and stays
+  float with a reason when its quantizers do not fit the kernels.
 - *binarized in the graph*: its weight is ±s_o (±1 times a per-output-channel scale s_o ≥ 0,
   exactly) and its data is Sign(z): both operands are bipolar, the kernel computes the exact
   integer ±1 dot product and the epilogue multiplies by s_o. No accuracy change.
@@ -13,71 +16,16 @@ Two ways a layer becomes low-bit:
 Kernel: bit-serial when both operands have at most 2 bits, sub-byte otherwise, unless forced.
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tvmbits.errors import UserError
+from tvmbits.frontend.facts import LayerFacts
 from tvmbits.ops.encoding import Encoding
+from tvmbits.passes.layer_plan import LayerPlan
 from tvmbits.passes.layers import Layer
+from tvmbits.passes.quantized_plan import plan_from_facts
 
 KERNELS = ("auto", "bitserial", "subbyte")
-WORD_BITS = 32
-
-
-@dataclass
-class LayerPlan:
-    layer: Layer
-    kernel: str  # "bitserial" | "subbyte" | "float"
-    origin: str  # "binarized" | "post-training" | "float"
-    reason: str = ""  # why a float layer stays float
-    act: Encoding | None = None  # None until calibrated
-    act_bits: int | None = None  # bits to calibrate the activation encoding for
-    act_scale: float = 1.0  # real activation = act_scale · value
-    wgt: Encoding | None = None
-    weight_values: np.ndarray | None = None  # int64, in the layer's weight layout
-    weight_scale: np.ndarray | None = None  # float32 [O]: real weight = weight_scale · value
-    forced_kernel: str = "auto"
-
-    @property
-    def name(self) -> str:
-        return self.layer.name
-
-    def choose_kernel(self) -> None:
-        """Pick the kernel once both encodings are known."""
-        if self.forced_kernel != "auto":
-            self.kernel = self.forced_kernel
-        else:
-            small = max(self.act.bits, self.wgt.bits) <= 2
-            self.kernel = "bitserial" if small else "subbyte"
-
-    def packed_weight_bytes(self) -> int | None:
-        if self.kernel == "float":
-            return None
-        out_channels, *_, channels = self.weight_values.shape
-        taps = self.weight_values.size // (out_channels * channels)
-        if self.kernel == "bitserial":
-            per_tap = self.wgt.bits * -(-channels // WORD_BITS) * (WORD_BITS // 8)
-        else:
-            per_tap = -(-channels // 2) if self.wgt.bits <= 4 else channels
-        return out_channels * taps * per_tap
-
-    def to_json(self) -> dict:
-        weight = self.layer.weight
-        return {
-            "name": self.name,
-            "op": self.layer.op,
-            "kernel": self.kernel,
-            "origin": self.origin,
-            "reason": self.reason or None,
-            "activation": None if self.act is None else f"{self.act.kind}{self.act.bits}",
-            "weight": None if self.wgt is None else f"{self.wgt.kind}{self.wgt.bits}",
-            "abits": None if self.act is None else self.act.bits,
-            "wbits": None if self.wgt is None else self.wgt.bits,
-            "weight_shape": None if weight is None else list(weight.shape),
-            "weight_bytes_float": None if weight is None else int(weight.size * 4),
-            "weight_bytes_packed": self.packed_weight_bytes(),
-        }
 
 
 def check_bits(flag: str, bits: int | None) -> None:
@@ -91,7 +39,9 @@ def assign_bits(
     abits: int | None = None,
     all_layers: bool = False,
     kernel: str = "auto",
+    facts: dict[str, LayerFacts] | None = None,
 ) -> list[LayerPlan]:
+    """One plan per layer, in order; `facts` are the frontend's, keyed by layer name."""
     check_bits("--wbits", wbits)
     check_bits("--abits", abits)
     if kernel not in KERNELS:
@@ -100,7 +50,10 @@ def assign_bits(
         wbits = abits = wbits or abits
     plans = []
     for index, layer in enumerate(layers):
-        plan = _binarized(layer) or LayerPlan(layer, "float", "float")
+        if facts and layer.name in facts:
+            plan = plan_from_facts(layer, facts[layer.name])
+        else:
+            plan = _binarized(layer) or LayerPlan(layer, "float", "float")
         if plan.origin == "float":
             edge = index in (0, len(layers) - 1) and not all_layers
             if layer.unsupported:

@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 
 from tvmbits.ops.encoding import Encoding
-from tvmbits.passes.assign_bits import LayerPlan
+from tvmbits.passes.layer_plan import LayerPlan
 
 
 def needs_calibration(plans: list[LayerPlan]) -> list[LayerPlan]:

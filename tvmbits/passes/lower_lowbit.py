@@ -26,7 +26,7 @@ from tvmbits.ops.quantize import binarize, quantize
 from tvmbits.ops.subbyte import pack_subbyte, subbyte_pack
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
-from tvmbits.passes.assign_bits import LayerPlan
+from tvmbits.passes.layer_plan import LayerPlan
 
 OUT_EWISE_FUSABLE = {"op_pattern": 4}
 
