@@ -1,7 +1,8 @@
 """Run a compiled artifact on a session's device: check, upload, run, time, profile.
 
-Inputs are checked against the artifact's metadata (names, shapes, dtypes) and the device's
-CPU architecture against the artifact's before anything is uploaded.
+Inputs are checked against the artifact's metadata (names, shapes, dtypes), and the device's
+CPU architecture and TVM and tvmbits releases against the artifact's, before anything is
+uploaded.
 """
 
 from dataclasses import dataclass
@@ -51,6 +52,32 @@ def read_inputs(specs: list[str], metadata: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
+def check_board(meta: dict, session: "runtime.Session") -> None:
+    """Refuse, before uploading, an artifact the session's device cannot run: a CPU library built
+    for another architecture, or one built with another TVM or tvmbits release (major.minor)
+    than the device has. A board that cannot say (a plain TVM rpc_server) is not checked."""
+    machine = session.machine()
+    if meta["device"] == "cpu" and machine is not None and machine != meta["arch"]:
+        raise UserError(
+            f"artifact is built for {meta['profile']} ({meta['arch']}) but {session.describe()} is {machine}"
+        )
+    versions = session.versions()
+    if versions is None:
+        return
+    for package, key in (("tvm", "tvm_version"), ("tvmbits", "tvmbits_version")):
+        built = meta.get(key)
+        if built is not None and _release(built) != _release(versions[package]):
+            raise UserError(
+                f"artifact is built with {package} {built} but {session.describe()} has {package} "
+                f"{versions[package]}: install {package} {'.'.join(_release(built))} there, or recompile"
+            )
+
+
+def _release(version: str) -> tuple[str, ...]:
+    """The major.minor release of a version string ("0.27.0.post1" → ("0", "27"))."""
+    return tuple(version.split(".")[:2])
+
+
 def run_artifact(
     art: Artifact,
     inputs: dict[str, np.ndarray],
@@ -59,11 +86,7 @@ def run_artifact(
     profile: bool = False,
 ) -> RunResult:
     meta = art.metadata
-    machine = session.machine()
-    if meta["device"] == "cpu" and machine is not None and machine != meta["arch"]:
-        raise UserError(
-            f"artifact is built for {meta['profile']} ({meta['arch']}) but {session.describe()} is {machine}"
-        )
+    check_board(meta, session)
     loaded = session.load(art.library, meta["device"])
     args = [inputs[spec["name"]] for spec in meta["inputs"]]
     values = runtime.run(session, loaded, args)

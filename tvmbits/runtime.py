@@ -3,8 +3,9 @@
 A `Session` wraps TVM's own RPC client (`tvm.rpc.connect`, `connect_tracker`); it adds the
 `--timeout` that TVM lacks (an unreachable board, a tracker with no free board of the key) and
 turns every failure of the link into a one-line `UserError` naming the board. A board started
-with `tvmbits board serve` also answers which CPU architecture it is (`uname -m`), so a library
-built for another architecture is refused before it is uploaded.
+with `tvmbits board serve` also answers which CPU architecture it is (`uname -m`) and which TVM
+and tvmbits it runs, so a library built for another architecture or TVM release is refused
+before it is uploaded (`deploy.check_board`); a plain TVM rpc_server cannot say, and is trusted.
 
 Timings are `time_evaluator` runs in milliseconds, measured on the device itself; a per-layer
 profile times each compiled kernel inside the model's run, on the device (`board.profiler`).
@@ -23,7 +24,9 @@ from tvm import relax
 from tvm import rpc as tvm_rpc
 
 from tvmbits.board import profiler
+from tvmbits.board.serve import address
 from tvmbits.errors import UserError
+
 
 @dataclass
 class Loaded:
@@ -51,12 +54,12 @@ class Session:
         if timeout <= 0:
             raise UserError(f"--timeout {timeout}: must be positive")
         if rpc:
-            host, port = _address("--rpc", rpc)
+            host, port = address("--rpc", rpc)
             where = f"board {rpc}"
             _reachable(host, port, where, timeout)
             return cls(_within(timeout, lambda: tvm_rpc.connect(host, port), where, "connecting"), where, timeout)
         if tracker:
-            host, port = _address("--tracker", tracker)
+            host, port = address("--tracker", tracker)
             where = f"tracker {tracker}"
             _reachable(host, port, where, timeout)
             client = _within(timeout, lambda: tvm_rpc.connect_tracker(host, port), where, "connecting")
@@ -81,6 +84,16 @@ class Session:
         except Exception:  # a plain TVM rpc_server: no such function
             return None
         return str(self._call("asking its architecture", ask))
+
+    def versions(self) -> dict | None:
+        """{"tvm": ..., "tvmbits": ...} installed on the device; None when the board cannot say."""
+        if self.remote is None:
+            return json.loads(profiler.versions())
+        try:
+            ask = self.remote.get_function(profiler.VERSIONS)
+        except Exception:  # a plain TVM rpc_server, or a board with an older tvmbits
+            return None
+        return json.loads(str(self._call("asking its versions", ask)))
 
     def device(self, kind: str) -> tvm.runtime.Device:
         if kind not in ("cpu", "cuda"):
@@ -111,8 +124,8 @@ class Session:
             return fn()
         try:
             return fn()
-        except (tvm.error.TVMError, RuntimeError, OSError) as err:
-            raise UserError(f"{self.where} failed while {what}: {_first_line(err)}") from None
+        except Exception as err:  # TVM re-raises the board's errors as Python builtins of any kind
+            raise UserError(f"{self.where} failed while {what}: {_link_error(err)}") from None
 
 
 def run(session: Session, loaded: Loaded, args: list[np.ndarray]) -> list[np.ndarray]:
@@ -162,13 +175,6 @@ def profile(session: Session, loaded: Loaded, args: list[np.ndarray], runs: int 
     return rows
 
 
-def _address(flag: str, value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"{flag} {value}: expected HOST:PORT")
-    return host, int(port)
-
-
 def _reachable(host: str, port: int, where: str, timeout: float) -> None:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
@@ -199,6 +205,14 @@ def _within(timeout: float, fn, where: str, what: str):
     if "error" in result:
         raise UserError(f"{where}: failed {what}: {_first_line(result['error'])}")
     return result["value"]
+
+
+def _link_error(err: Exception) -> str:
+    """What went wrong in a call to a board, in words: a closed link says so."""
+    message = _first_line(err)
+    if "kShutdown" in message or isinstance(err, (ConnectionError, tvm.error.RPCError)):
+        return f"the board closed the connection (stopped or crashed?): {message}"
+    return message
 
 
 def _first_line(err: Exception) -> str:

@@ -1,6 +1,7 @@
-"""Per-kernel timing of a Relax VM run, measured where the VM runs (this machine or a board).
+"""Per-kernel timing of a Relax VM run, measured where the VM runs (this machine or a board),
+and the functions by which a board says what it is (CPU architecture, TVM and tvmbits versions).
 
-Needs only apache-tvm, so a board can register it (`tvmbits board serve` does) without the rest
+Needs only apache-tvm, so a board can register them (`tvmbits board serve` does) without the rest
 of tvmbits. The VM's instrument hook is called before and after every Call instruction; the
 time between the two, after synchronising the device, is charged to the callee's symbol. VM
 builtins (allocation, shape checks) are left out: what remains is the compiled kernels, one row
@@ -14,7 +15,10 @@ import time
 import numpy as np
 import tvm
 
+import tvmbits
+
 MACHINE = "tvmbits.board.machine"
+VERSIONS = "tvmbits.board.versions"
 PROFILE = "tvmbits.board.profile"
 BUILTIN_PREFIX = "vm.builtin."
 NO_OP = 0  # VMInstrumentReturnKind: go on as usual
@@ -58,7 +62,14 @@ def profile(vm_module, func_name: str, runs: int, *args) -> str:
     return json.dumps(rows)
 
 
+def versions() -> str:
+    """JSON {"tvm": ..., "tvmbits": ...}: the versions installed where this runs."""
+    return json.dumps({"tvm": tvm.__version__, "tvmbits": tvmbits.__version__})
+
+
 def register() -> None:
-    """Make this process answer `MACHINE` and `PROFILE` calls (run on a board by its server)."""
+    """Make this process answer `MACHINE`, `VERSIONS` and `PROFILE` calls (run on a board by its
+    server)."""
     tvm.register_global_func(MACHINE, platform.machine, override=True)
+    tvm.register_global_func(VERSIONS, versions, override=True)
     tvm.register_global_func(PROFILE, profile, override=True)
