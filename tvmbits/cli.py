@@ -66,6 +66,19 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print an artifact's metadata as JSON")
     inspect.add_argument("artifact")
     inspect.set_defaults(handler=_inspect)
+
+    board = commands.add_parser("board", help="serve TVM RPC on a board, or emulate a board here")
+    board_commands = board.add_subparsers(dest="board_command", parser_class=_Parser, required=True)
+    serve = board_commands.add_parser("serve", help="serve TVM RPC on this machine (needs only apache-tvm)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (TVM RPC has no authentication)")
+    serve.add_argument("--port", type=int, default=9090, help="port to listen on")
+    serve.add_argument("--tracker", metavar="HOST:PORT", help="register with this TVM RPC tracker")
+    serve.add_argument("--key", help="the board key to register under (with --tracker)")
+    serve.set_defaults(handler=_board_serve)
+    emulate = board_commands.add_parser("emulate", help="run an emulated board on this machine (qemu-user, root)")
+    emulate.add_argument("arch", help="arm64")
+    emulate.add_argument("--port", type=int, default=9090, help="port on 127.0.0.1 to serve TVM RPC on")
+    emulate.set_defaults(handler=_board_emulate)
     return parser
 
 
@@ -134,6 +147,20 @@ def _run(args) -> int:
         print(f"{'kernel':<{width}} {'calls':>5} {'ms/run':>9} {'share':>6}")
         for row in result.profile:
             print(f"{row['name']:<{width}} {row['calls']:>5} {row['ms']:9.3f} {row['share']:6.1%}")
+    return 0
+
+
+def _board_serve(args) -> int:
+    from tvmbits.board import serve
+
+    serve.serve(args.host, args.port, tracker=args.tracker, key=args.key)
+    return 0
+
+
+def _board_emulate(args) -> int:
+    from tvmbits.board import emulate
+
+    emulate.serve(args.arch, args.port, log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
 
 

@@ -1,0 +1,288 @@
+"""An emulated arm64 board on this machine: a Debian root file system run under qemu-user.
+
+`build(arch)` makes, once, a Debian bookworm root file system for the board's architecture with
+debootstrap (from the Debian mirror apt is configured with), the board's TVM wheels in a venv at
+`/opt/tvm`, and tvmbits' board side (`tvmbits board serve`, which needs only apache-tvm) in that
+venv's site-packages. The tree is cached at `<cache>/boards/<arch>` and reused; `<cache>` is
+`$TVMBITS_CACHE`, else `.cache` in the tvmbits source checkout, else `~/.cache/tvmbits`. A build
+goes into a temporary folder renamed into place at the end, under a lock, so an interrupted or
+concurrent build never leaves a half-made board behind.
+
+`start(arch, port)` runs `tvmbits board serve` in that tree with chroot, its binaries executed by
+qemu-user through binfmt_misc, in its own process group and its own mount namespace (which holds
+the board's /proc and goes away with the board). `stop` ends the whole group: TVM's server forks
+worker processes that outlive their parent.
+
+Needs root (debootstrap, chroot, mount) and the Debian packages scripts/setup.sh installs.
+Only stdlib: this module is also copied onto the board with the rest of `tvmbits/board/`.
+"""
+
+import ctypes
+import fcntl
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tvmbits.errors import UserError
+
+SUITE = "bookworm"
+PYTHON = "3.11"
+# apache-tvm 0.27 needs apache-tvm-ffi >= 0.1.14.post0; 0.1.15 crashes MetaSchedule (TVM027.md)
+WHEELS = (
+    "apache-tvm==0.27.0.post1",
+    "apache-tvm-ffi==0.1.14.post1",
+    "numpy",
+    "psutil",
+    "cloudpickle",
+    "tornado",
+    "ml_dtypes",
+    "typing_extensions",
+)
+VENV = "/opt/tvm"
+# what the board runs: the CLI shell and the board side, none of which imports onnx or xgboost
+BOARD_FILES = ("__init__.py", "__main__.py", "cli.py", "errors.py", "board")
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class BoardArch:
+    name: str  # tvmbits target name
+    debian: str  # Debian architecture
+    qemu: str  # binfmt_misc entry of qemu-user-static
+    wheel_platforms: tuple[str, ...]
+
+
+ARCHS = {
+    "arm64": BoardArch("arm64", "arm64", "qemu-aarch64", ("manylinux_2_28_aarch64", "manylinux2014_aarch64")),
+}
+NOT_EMULATED = {
+    "armv7": "no armv7 (armhf) build of apache-tvm exists on PyPI, and tvmbits does not yet "
+    "cross-build the TVM runtime for armhf; use an arm64 board",
+}
+
+
+def cache_dir() -> Path:
+    """Where built boards are kept (see the module docstring)."""
+    if os.environ.get("TVMBITS_CACHE"):
+        return Path(os.environ["TVMBITS_CACHE"])
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "tvmbits").is_dir():
+        return checkout / ".cache"
+    return Path.home() / ".cache" / "tvmbits"
+
+
+def board_arch(name: str) -> BoardArch:
+    if name in NOT_EMULATED:
+        raise UserError(f"cannot emulate {name}: {NOT_EMULATED[name]}")
+    if name not in ARCHS:
+        raise UserError(f"cannot emulate '{name}': emulated boards are {', '.join(ARCHS)}")
+    return ARCHS[name]
+
+
+def build(name: str, log=print) -> Path:
+    """The root file system of the emulated `name` board, built first if it is not cached."""
+    arch = board_arch(name)
+    _check_host(arch)
+    boards = cache_dir() / "boards"
+    boards.mkdir(parents=True, exist_ok=True)
+    root = boards / arch.name
+    with open(boards / f"{arch.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another build of the {arch.name} board to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if root.is_dir():
+            return root
+        for stale in boards.glob(f"{arch.name}.partial*"):
+            _remove_tree(stale)
+        partial = boards / f"{arch.name}.partial"
+        started = time.monotonic()
+        log_path = boards / f"{arch.name}-build.log"
+        with open(log_path, "w") as build_log:
+            mirror = debian_mirror()
+            log(f"building the emulated {arch.name} board in {root} (about 4 min; log: {log_path})")
+            log(f"[1/3] debootstrap {SUITE} {arch.debian} from {mirror}")
+            _step(
+                ["debootstrap", f"--arch={arch.debian}", "--variant=minbase",
+                 "--include=python3,python3-venv", SUITE, str(partial), mirror],
+                build_log, log_path, log, started,
+            )
+            log(f"[2/3] downloading the {arch.name} wheels of {' '.join(WHEELS[:2])} and their dependencies")
+            wheels = partial / "tmp" / "wheels"
+            platforms = [arg for platform in arch.wheel_platforms for arg in ("--platform", platform)]
+            _step(
+                [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
+                 *platforms, "--python-version", PYTHON, "--implementation", "cp", "-d", str(wheels), *WHEELS],
+                build_log, log_path, log, started,
+            )
+            log(f"[3/3] installing them into a venv at {VENV} on the board (under qemu: about 1 min)")
+            _step(
+                ["chroot", str(partial), "/bin/sh", "-c",
+                 f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --disable-pip-version-check "
+                 "--no-index /tmp/wheels/*.whl"],
+                build_log, log_path, log, started,
+            )
+            shutil.rmtree(wheels)
+        _install_board_side(partial)
+        partial.rename(root)
+        log(f"the emulated {arch.name} board is built ({time.monotonic() - started:.0f} s)")
+    return root
+
+
+def start(name: str, port: int) -> subprocess.Popen:
+    """Start `tvmbits board serve` on the emulated `name` board, listening on 127.0.0.1:`port` of
+    this machine (a chroot shares this machine's network), with this checkout's board side.
+    Returns the board's process, leader of its own process group; end it with `stop`."""
+    arch = board_arch(name)
+    root = build(name)
+    _install_board_side(root)
+    _enable_binfmt(arch)
+    serve = f"exec chroot {root} {VENV}/bin/python -m tvmbits board serve --host 127.0.0.1 --port {port}"
+    return subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+         f"mount -t proc proc {root}/proc && {serve}"],
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+
+
+def stop(board: subprocess.Popen, grace: float = 5.0) -> None:
+    """End the process group that `board` leads: SIGTERM, then SIGKILL after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(board.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            board.poll()  # reap the leader, or the group stays alive as a zombie
+            if not _group_alive(board.pid):
+                return
+            time.sleep(0.1)
+
+
+def serve(name: str, port: int, log=print) -> None:
+    """Run the emulated `name` board (built first if needed) until SIGINT or SIGTERM."""
+    build(name, log)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    log(f"starting the emulated {name} board under qemu-user (about 20 s)")
+    board = start(name, port)
+    try:
+        code = board.wait()
+        raise UserError(f"the emulated {name} board stopped (exit code {code})")
+    finally:
+        stop(board)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror that apt uses for bookworm (/etc/apt/sources.list and sources.list.d)."""
+    sources = Path("/etc/apt/sources.list.d")
+    files = [Path("/etc/apt/sources.list"), *sorted(sources.glob("*.list")), *sorted(sources.glob("*.sources"))]
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if path.suffix == ".sources":  # deb822 paragraphs
+            for paragraph in re.split(r"\n\s*\n", text):
+                fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", paragraph, flags=re.M))
+                if "deb" in fields.get("Types", "").split() and SUITE in fields.get("Suites", "").split():
+                    return fields["URIs"].split()[0]
+        else:
+            for line in text.splitlines():
+                words = re.sub(r"\[[^]]*\]", "", line).split()
+                if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                    return words[1]
+    raise UserError(f"no Debian {SUITE} mirror in /etc/apt/sources.list or sources.list.d to debootstrap from")
+
+
+def _check_host(arch: BoardArch) -> None:
+    if os.geteuid() != 0:
+        raise UserError("an emulated board needs root (debootstrap, chroot and mount)")
+    missing = [tool for tool in ("debootstrap", "chroot", "unshare", "update-binfmts", f"{arch.qemu}-static")
+               if shutil.which(tool) is None]
+    if missing:
+        raise UserError(f"an emulated board needs {', '.join(missing)}: run scripts/setup.sh")
+
+
+def _enable_binfmt(arch: BoardArch) -> None:
+    """Register qemu-user with binfmt_misc (mounting it first) so the kernel runs the board's
+    binaries; qemu-user-static's entries have the F flag, so they work inside a chroot."""
+    misc = Path("/proc/sys/fs/binfmt_misc")
+    if not (misc / "status").exists():
+        _quiet(["mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)], "mounting binfmt_misc")
+    entry = misc / arch.qemu
+    if not entry.exists() or not entry.read_text().startswith("enabled"):
+        _quiet(["update-binfmts", "--enable", arch.qemu], f"enabling {arch.qemu} in binfmt_misc")
+    if not entry.exists() or not entry.read_text().startswith("enabled"):
+        raise UserError(f"{arch.qemu} is not registered with binfmt_misc: install qemu-user-static and binfmt-support")
+
+
+def _install_board_side(root: Path) -> None:
+    package = Path(__file__).resolve().parents[1]
+    site = root / VENV.lstrip("/") / "lib" / f"python{PYTHON}" / "site-packages" / "tvmbits"
+    if site.exists():
+        shutil.rmtree(site)
+    site.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in BOARD_FILES:
+        source = package / name
+        if source.is_dir():
+            shutil.copytree(source, site / name, ignore=ignore)
+        else:
+            shutil.copy2(source, site / name)
+
+
+def _step(cmd: list[str], build_log, log_path: Path, log, started: float) -> None:
+    """Run one build step, its output to the build log; show the first line of each of
+    debootstrap's phases (Retrieving, Extracting, Unpacking, Configuring...) as progress."""
+    build_log.write(f"$ {' '.join(cmd)}\n")
+    build_log.flush()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    phases = set()
+    last = ""
+    for line in proc.stdout:
+        build_log.write(line)
+        last = line.strip() or last
+        match = re.match(r"I: (\w+)", line)
+        if match and match.group(1) not in phases:
+            phases.add(match.group(1))
+            log(f"      {time.monotonic() - started:4.0f} s  {line.strip()[3:]}")
+    if proc.wait() != 0:
+        build_log.flush()
+        raise UserError(f"building the board failed at `{cmd[0]}` ({last}); see {log_path}")
+
+
+def _quiet(cmd: list[str], what: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise UserError(f"{what} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove an interrupted build, after unmounting anything debootstrap left mounted in it."""
+    inside = str(path.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(inside)), key=len, reverse=True):
+        _quiet(["umount", "--lazy", mount], f"unmounting {mount} of an interrupted board build")
+    shutil.rmtree(path)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _die_with_parent() -> None:
+    """In the board's process: get SIGTERM when the process that started it dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
