@@ -1,7 +1,7 @@
-"""ONNX models into Relax: float ONNX as is, QONNX quantizers rewritten first.
+"""ONNX models into Relax: float ONNX as is, QONNX and QDQ quantizers rewritten first.
 
-`qonnx.rewrite` replaces the quantizers by standard ONNX ops computing the same float
-values and returns the quantization facts per layer (`ImportedModel.facts`).
+`qonnx.rewrite` and `qdq.rewrite` replace the quantizers by standard ONNX ops computing the
+same float values and return the quantization facts per layer (`ImportedModel.facts`).
 The Relax module keeps the ONNX graph's input names, constant weights bound in the module
 (not function parameters), and NCHW layouts as ONNX has them; `layer_names` lists the ONNX
 node name of every Conv, Gemm and MatMul in graph order, which is also the order in which
@@ -19,7 +19,7 @@ from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
 from tvmbits.errors import UserError
-from tvmbits.frontend import qonnx
+from tvmbits.frontend import qdq, qonnx
 from tvmbits.frontend.facts import LayerFacts
 from tvmbits.frontend.graph_edit import LAYER_OPS, node_name
 
@@ -70,6 +70,8 @@ def import_model(
     `input_shapes` fixes graph inputs whose ONNX shape has symbolic dimensions.
     """
     model, facts = qonnx.rewrite(model, source)
+    model, qdq_facts = qdq.rewrite(model, source)
+    facts.update(qdq_facts)
     _check_supported(model, source)
     inputs = _input_specs(model, source, input_shapes or {})
     try:
