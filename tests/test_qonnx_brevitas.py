@@ -120,6 +120,8 @@ def test_layers_that_cannot_be_lowered_stay_float_and_exact(tmp_path, capsys):
     assert reasons[0] == "grouped convolution (groups=3)"
     assert reasons[1].startswith("activation zero point is not 0")
     assert reasons[2].startswith("16-bit activation")
+    assert report["summary"]["float_layers"][1]["found"] == report["layers"][1]["found"]
+    assert report["layers"][1]["origin"] == "qonnx"
     found = report["layers"][1]["found"]
     assert found["activation"].startswith("unsigned8") and "zero point" in found["activation"]
     assert found["weight"].startswith("signed4")

@@ -63,7 +63,11 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a board")
     run.set_defaults(handler=_run)
 
-    inspect = commands.add_parser("inspect", help="print an artifact's metadata as JSON")
+    inspect = commands.add_parser(
+        "inspect",
+        help="print an artifact's metadata as JSON: per layer the kernel, the bits and where they "
+        "came from (origin, found), why a layer stayed float, weight bytes before/after packing",
+    )
     inspect.add_argument("artifact")
     inspect.set_defaults(handler=_inspect)
 
@@ -173,7 +177,10 @@ def _inspect(args) -> int:
     meta["summary"] = {
         "layers": len(layers),
         "lowbit_layers": len(lowbit),
-        "float_layers": [{"name": l["name"], "reason": l["reason"]} for l in layers if l["kernel"] == "float"],
+        "float_layers": [
+            {"name": l["name"], "reason": l["reason"], "found": l.get("found")}
+            for l in layers if l["kernel"] == "float"
+        ],
         "lowbit_weight_bytes_float": sum(l["weight_bytes_float"] for l in lowbit),
         "lowbit_weight_bytes_packed": sum(l["weight_bytes_packed"] for l in lowbit),
     }
