@@ -105,7 +105,7 @@ def build(name: str, log=print) -> Path:
         partial = boards / f"{arch.name}.partial"
         started = time.monotonic()
         log_path = boards / f"{arch.name}-build.log"
-        with open(log_path, "w") as build_log:
+        with open(log_path, "w", buffering=1) as build_log:  # line-buffered: `tail -f` shows progress
             mirror = debian_mirror()
             log(f"building the emulated {arch.name} board in {root} (about 4 min; log: {log_path})")
             log(f"[1/3] debootstrap {SUITE} {arch.debian} from {mirror}")

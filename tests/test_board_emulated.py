@@ -1,0 +1,118 @@
+"""End to end on an emulated arm64 board (`tvmbits board emulate arm64`: Debian arm64 under
+qemu-user, TVM from the aarch64 wheels): models compiled for arm64 and run with `tvmbits run --rpc`
+give the same bytes as the x86_64 build of the same model run here, with timings and a profile.
+
+The board's root file system is built on first use (about 4 min) and cached (see
+`tvmbits.board.emulate`); later runs start the board in about 20 s.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from boards import Process, free_port, one_error_line, processes_with, tvmbits
+from onnx_models import dyadic_input, float_cnn
+from tvmbits.cli import main
+
+_spec = importlib.util.spec_from_file_location(
+    "bireal_resnet18", Path(__file__).parents[1] / "examples" / "bireal_resnet18.py"
+)
+bireal_resnet18 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bireal_resnet18)
+
+BUILD_AND_BOOT_S = 1200  # a fresh root file system takes about 4 min to build, a cached one 20 s to boot
+
+
+class EmulatedBoard:
+    """`tvmbits board emulate arm64` running in its own process group; `address()` waits until it
+    serves, so the tests can compile while the board builds and boots."""
+
+    def __init__(self, folder):
+        self.port = free_port()
+        self.process = Process([sys.executable, "-m", "tvmbits", "board", "emulate", "arm64", "--port", str(self.port)],
+                               folder / "arm64-board.log")
+
+    def address(self) -> str:
+        self.process.wait_for("tvmbits: serving TVM RPC on", timeout=BUILD_AND_BOOT_S)
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def arm64_board(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("an emulated board needs root (debootstrap, chroot, mount)")
+    board = EmulatedBoard(tmp_path_factory.mktemp("arm64-board"))
+    yield board
+    # the board (another process group) goes when `board emulate` gets SIGTERM; allow it the time
+    board.process.stop(grace=20)
+    assert not processes_with(f"board serve --host 127.0.0.1 --port {board.port}"), "the board outlived emulate"
+
+
+@pytest.fixture(scope="module")
+def models(arm64_board, tmp_path_factory):
+    """name → (arm64 artifact, x86_64 artifact, input file): the binarized ResNet-18 example at
+    32×32, and float_cnn quantized after training to 2-bit weights and activations."""
+    folder = tmp_path_factory.mktemp("arm64-models")
+    onnx.save(bireal_resnet18.build_model(input_size=32, num_classes=10), folder / "bireal.onnx")
+    np.save(folder / "bireal.npy", bireal_resnet18.make_input(32))
+    onnx.save(float_cnn(), folder / "w2a2.onnx")
+    np.save(folder / "w2a2.npy", dyadic_input((1, 3, 12, 12), seed=1))
+    flags = {"bireal": [], "w2a2": ["--wbits", "2", "--abits", "2"]}
+    built = {}
+    for name, extra in flags.items():
+        for target in ("arm64", "x86_64"):
+            out = folder / f"{name}-{target}.tar"
+            assert main(["compile", str(folder / f"{name}.onnx"), "--target", target, "-o", str(out), *extra]) == 0
+        built[name] = (folder / f"{name}-arm64.tar", folder / f"{name}-x86_64.tar", folder / f"{name}.npy")
+    return built
+
+
+@pytest.mark.parametrize("name", ["bireal", "w2a2"])
+def test_board_output_equals_x86_64_output(models, arm64_board, name, tmp_path):
+    arm64, x86_64, x = models[name]
+    here, _ = tvmbits("run", str(x86_64), "--input", f"input={x}", "--output", str(tmp_path / "x86_64"),
+                      "--repeat", "0", "--json")
+    assert here.returncode == 0, here.stderr
+    board, _ = tvmbits("run", str(arm64), "--input", f"input={x}", "--rpc", arm64_board.address(),
+                       "--output", str(tmp_path / "arm64"), "--repeat", "3", "--profile", "--json")
+    assert board.returncode == 0, board.stderr + arm64_board.process.text()[-3000:]
+    expected = np.load(json.loads(here.stdout)["outputs"]["logits"])
+    report = json.loads(board.stdout)
+    got = np.load(report["outputs"]["logits"])
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert got.tobytes() == expected.tobytes(), np.abs(got - expected).max()
+    assert report["timing_ms"]["repeat"] == 3 and report["timing_ms"]["median"] > 0
+    kernels = [row["name"] for row in report["profile"]]
+    assert any("bitserial" in kernel for kernel in kernels), kernels
+    assert sum(row["share"] for row in report["profile"]) == pytest.approx(1.0)
+
+
+def test_board_prints_timings_and_profile_table(models, arm64_board):
+    arm64, _, x = models["w2a2"]
+    done, _ = tvmbits("run", str(arm64), "--input", f"input={x}", "--rpc", arm64_board.address(),
+                      "--repeat", "2", "--profile")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "logits: float32[1, 10]"
+    assert lines[1].startswith("latency: mean ") and lines[1].endswith(" ms over 2 runs")
+    assert lines[2].split() == ["kernel", "calls", "ms/run", "share"]
+
+
+def test_x86_64_artifact_is_refused_before_upload(models, arm64_board):
+    _, x86_64, x = models["bireal"]
+    address = arm64_board.address()
+    uploads = arm64_board.process.count("load_module")
+    done, _ = tvmbits("run", str(x86_64), "--input", f"input={x}", "--rpc", address)
+    one_error_line(done, f"artifact is built for x86_64 (x86_64) but board {address} is aarch64")
+    assert arm64_board.process.count("load_module") == uploads
+
+
+def test_armv7_cannot_be_emulated_yet():
+    done, _ = tvmbits("board", "emulate", "armv7", timeout=60)
+    one_error_line(done, "cannot emulate armv7: no armv7 (armhf) build of apache-tvm")
