@@ -178,3 +178,51 @@ def test_nonpositive_dequantize_scale_is_one_line_error_naming_the_node(tmp_path
     with pytest.raises(UserError, match="node 'weight_dq' \\(DequantizeLinear\\): scale must be positive") as err:
         compile_model(tmp_path / "bad.onnx", tmp_path / "bad.tar", CompileOptions())
     assert "\n" not in str(err.value)
+
+
+def test_quantized_float_weights_and_blocked_scales(tmp_path):
+    """Float conv weights through QuantizeLinear→DequantizeLinear (INT4, per channel) fold and
+    lower; a MatMul weight with blocked scales (block_size 16 along K) stays float, exact."""
+    rng = np.random.default_rng(5)
+    conv_w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    fc_q = rng.integers(-8, 8, (64, 5))
+    fc_scale = (2.0 ** -rng.integers(2, 5, (4, 5))).astype(np.float32)  # 64 / 16 blocks along K
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+        helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], axis=0),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+        helper.make_node("Conv", ["d", "wd"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["flat"]),
+        helper.make_node("QuantizeLinear", ["flat", "s", "z"], ["flat_q"]),
+        helper.make_node("DequantizeLinear", ["flat_q", "s", "z"], ["flat_d"]),
+        helper.make_node("DequantizeLinear", ["fw", "fs"], ["fwd"], axis=0, block_size=16),
+        helper.make_node("MatMul", ["flat_d", "fwd"], ["out"], name="fc"),
+    ]
+    init = [
+        numpy_helper.from_array(np.float32(0.25), "s"),
+        helper.make_tensor("z", TensorProto.INT4, [], [0]),
+        numpy_helper.from_array(conv_w, "w"),
+        numpy_helper.from_array(np.array([0.25, 0.125, 0.5, 0.25], np.float32), "ws"),
+        helper.make_tensor("wz", TensorProto.INT4, [4], [0] * 4),
+        helper.make_tensor("fw", TensorProto.INT4, fc_q.shape, fc_q.ravel().tolist()),
+        numpy_helper.from_array(fc_scale, "fs"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5])],
+        init,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "m.onnx")
+    meta = compile_model(tmp_path / "m.onnx", tmp_path / "m.tar", CompileOptions())
+    conv, fc = meta["layers"]
+    assert (conv["kernel"], conv["activation"], conv["weight"]) == ("subbyte", "signed4", "signed4")
+    assert fc["kernel"] == "float" and fc["reason"].startswith("blocked quantization scale")
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((1, 3, 6, 6)).astype(np.float32)
+        out, _ = run_local(tmp_path / "m.tar", x)
+        np.testing.assert_allclose(out, onnxruntime(model, x)[0], rtol=1e-5, atol=1e-5)

@@ -33,15 +33,6 @@ class QuantizedTensor:
     zero_point: float  # largest |zero point|: 0 exactly when every zero point is 0
     per_axis_reason: str = ""
 
-    @property
-    def integer_range(self) -> tuple[int, int]:
-        """Inclusive range of q: QONNX's min_int/max_int (±1 when bipolar)."""
-        if self.bipolar:
-            return -1, 1
-        if self.signed:
-            return -(2 ** (self.bits - 1)) + int(self.narrow), 2 ** (self.bits - 1) - 1
-        return 0, 2**self.bits - 1 - int(self.narrow)
-
     def describe(self) -> str:
         """E.g. 'signed4 narrow, per-channel scale', 'bipolar1, per-tensor scale'."""
         kind = "bipolar" if self.bipolar else ("signed" if self.signed else "unsigned")
@@ -99,6 +90,8 @@ def _output_axis(node) -> int:
 
 def _per_output_channel(weight: QuantizedTensor, shape: tuple[int, ...], axis: int) -> QuantizedTensor:
     scale = np.asarray(weight.scale, np.float32)
+    if weight.per_axis_reason:
+        return weight
     if scale.size == 1:
         return replace(weight, scale=np.float32(scale.item()))
     try:

@@ -10,8 +10,8 @@ Semantics (the ONNX operator specs, as ONNX Runtime computes them in float32):
 Scales and zero points are per tensor, per `axis`, or per block of `block_size` along `axis`.
 
 Rewrites, each computing the same float32 values:
-- DequantizeLinear of a constant (weights, biases; also QuantizeLinear of a constant before it)
-  is folded into a float constant.
+- DequantizeLinear of a constant (weights, biases; also of a QuantizeLinear of a constant whose
+  every consumer is a DequantizeLinear) is folded into a float constant.
 - A QuantizeLinear whose every consumer is a DequantizeLinear (an activation's Q→DQ pair)
   becomes Div, Round, Add, Clip (the integer q, held in float32), and each DequantizeLinear
   after it Sub, Mul.
@@ -74,15 +74,16 @@ def rewrite(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, dict[
             edit.keep(node)
         elif node.op_type == "QuantizeLinear":
             consumers = edit.consumers[node.output[0]]
-            if const is not None:
-                edit.fold(node.output[0], params.quantize_numpy(const))
-            elif consumers and node.output[0] not in outputs and all(
+            only_dequantized = consumers and node.output[0] not in outputs and all(
                 c.op_type == "DequantizeLinear" for c, _ in consumers
-            ):
+            )
+            if not only_dequantized:  # its integer output is used as such: leave it to TVM
+                edit.keep(node)
+            elif const is not None:
+                edit.fold(node.output[0], params.quantize_numpy(const))
+            else:
                 params.emit_quantize(x, node.output[0])
                 pairs[node.output[0]] = params
-            else:
-                edit.keep(node)
         elif const is not None:
             edit.fold(node.output[0], params.dequantize_numpy(const))
             weights[node.output[0]] = params.fact()
@@ -136,7 +137,7 @@ class _Params:
 
     def _shaped(self, array: np.ndarray, length: int | None = None) -> np.ndarray:
         """A per-tensor, per-axis or per-block parameter shaped to broadcast against the input."""
-        if array.size == 1 and not self.block:
+        if array.ndim == 0 or array.size == 1 and not self.block:
             return array.reshape(())
         if self.rank is None:
             raise UserError(f"{self.where}: per-axis parameters on a tensor of unknown rank")
