@@ -68,6 +68,21 @@ def partly_lowerable_cnn(seed: int = 0) -> nn.Sequential:
     return _settle(net, torch.randn(8, 3, 8, 8))
 
 
+def trunc_pool_cnn(seed: int = 0) -> nn.Sequential:
+    """4×4-bit conv → BN → 4-bit ReLU → TruncAvgPool2d (exported as AveragePool + QONNX Trunc
+    v2) → 4×4-bit conv that reads the Trunc's output."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),
+        qnn.QuantConv2d(3, 8, 3, padding=1, bias=False, **per_channel(4)),
+        nn.BatchNorm2d(8),
+        qnn.QuantReLU(bit_width=4, return_quant_tensor=True),
+        qnn.TruncAvgPool2d(kernel_size=2, stride=2, bit_width=4, return_quant_tensor=True),
+        qnn.QuantConv2d(8, 8, 3, bias=False, **per_channel(4)),
+    )
+    return _settle(net, torch.randn(8, 3, 8, 8))
+
+
 def _settle(net: nn.Sequential, calibration: torch.Tensor) -> nn.Sequential:
     """Random BN statistics and affine parameters, activation scales set by a few forward
     passes in training mode (Brevitas' running statistics), then eval mode."""

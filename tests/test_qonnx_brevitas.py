@@ -99,6 +99,18 @@ def test_integer_accumulations_equal_brevitas_integers(tmp_path, last):
         np.testing.assert_array_equal(np.rint(by_qonnx / scale).astype(np.int64), expected)
 
 
+def test_trunc_avg_pool_output_feeds_a_lowered_conv(tmp_path):
+    net = bm.trunc_pool_cnn()
+    path = tmp_path / "trunc.onnx"
+    bm.export(net, SHAPE, path)
+    meta = compile_model(path, tmp_path / "trunc.tar", CompileOptions())
+    assert [(l["kernel"], l["activation"]) for l in meta["layers"]] == [("subbyte", "signed4"), ("subbyte", "unsigned4")]
+    for x in inputs(3):
+        out, _ = run_local(tmp_path / "trunc.tar", x)
+        assert_round_off(out, qonnx_executor(path, x))
+        assert_round_off(out, bm.forward(net, x))
+
+
 def test_layers_that_cannot_be_lowered_stay_float_and_exact(tmp_path, capsys):
     net = bm.partly_lowerable_cnn()
     path = tmp_path / "partly.onnx"
