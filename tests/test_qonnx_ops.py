@@ -101,6 +101,8 @@ def test_trunc_v1_and_v2_equal_qonnx(tmp_path, mode):
     [
         ((0.5, 0.0, 0.0), {}, "bitwidth must be a positive integer, got 0"),
         ((0.5, 0.0, 2.5), {}, "bitwidth must be a positive integer, got 2.5"),
+        ((0.5, 0.0, np.nan), {}, "bitwidth must be a positive integer, got nan"),
+        ((np.inf, 0.0, 4.0), {}, "scale must be positive and finite, got inf"),
         ((-0.5, 0.0, 4.0), {}, "scale must be positive and finite, got -0.5"),
         ((0.0, 0.0, 4.0), {}, "scale must be positive and finite, got 0"),
         ((0.5, 8.0, 4.0), {"signed": 1, "narrow": 0}, "zero point must be an integer in -8..7, got 8"),

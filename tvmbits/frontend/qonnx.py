@@ -104,7 +104,7 @@ class _Quantizer:
 
     def _bits(self, index: int, what: str = "bitwidth") -> int:
         bits = self._input(index, what)
-        if bits.size != 1 or bits.item() != int(bits.item()) or bits.item() < 1:
+        if bits.size != 1 or not np.isfinite(bits.item()) or bits.item() != int(bits.item()) or bits.item() < 1:
             raise UserError(f"{self.where}: {what} must be a positive integer, got {_show(bits)}")
         return int(bits.item())
 
