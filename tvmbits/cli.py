@@ -36,7 +36,9 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     compile_ = commands.add_parser("compile", help="compile an ONNX model into model.tar")
-    compile_.add_argument("model", help="ONNX file")
+    compile_.add_argument(
+        "model", help="ONNX file: float, QONNX (Brevitas export) or QDQ; quantizers in it set the bits"
+    )
     compile_.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
     compile_.add_argument("-o", "--output", default="model.tar", help="artifact to write")
     compile_.add_argument("--wbits", type=int, help="post-training weight bits (1-8) for float layers")
