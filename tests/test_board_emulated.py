@@ -115,4 +115,4 @@ def test_x86_64_artifact_is_refused_before_upload(models, arm64_board):
 
 def test_armv7_cannot_be_emulated_yet():
     done, _ = tvmbits("board", "emulate", "armv7", timeout=60)
-    one_error_line(done, "cannot emulate armv7: no armv7 (armhf) build of apache-tvm")
+    one_error_line(done, "cannot emulate armv7: PyPI has no armv7 (armhf) build of apache-tvm")

@@ -85,6 +85,9 @@ def run_artifact(
     repeat: int = 0,
     profile: bool = False,
 ) -> RunResult:
+    """Check `art` against the session's device, upload and load it, run it once on `inputs`;
+    with `repeat` > 0 also time `repeat` runs (ms, measured on the device), with `profile` also
+    time each kernel (`runtime.profile`)."""
     meta = art.metadata
     check_board(meta, session)
     loaded = session.load(art.library, meta["device"])

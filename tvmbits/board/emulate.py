@@ -21,6 +21,7 @@ import ctypes
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -62,8 +63,10 @@ ARCHS = {
     "arm64": BoardArch("arm64", "arm64", "qemu-aarch64", ("manylinux_2_28_aarch64", "manylinux2014_aarch64")),
 }
 NOT_EMULATED = {
-    "armv7": "no armv7 (armhf) build of apache-tvm exists on PyPI, and tvmbits does not yet "
-    "cross-build the TVM runtime for armhf; use an arm64 board",
+    # tvm-ffi cross-builds for armhf from its wheel's sources, but apache-tvm has no sdist and its
+    # wheels ship src/runtime without the headers it includes (tvm/support/io.h, src/support/*.h)
+    "armv7": "PyPI has no armv7 (armhf) build of apache-tvm, and its runtime cannot be cross-built "
+    "from the sources its wheels ship (they lack tvm/support/io.h and src/support/); use arm64",
 }
 
 
@@ -89,6 +92,7 @@ def build(name: str, log=print) -> Path:
     """The root file system of the emulated `name` board, built first if it is not cached."""
     arch = board_arch(name)
     _check_host(arch)
+    _enable_binfmt(arch)  # debootstrap's second stage runs the board's binaries
     boards = cache_dir() / "boards"
     boards.mkdir(parents=True, exist_ok=True)
     root = boards / arch.name
@@ -140,14 +144,13 @@ def start(name: str, port: int) -> subprocess.Popen:
     """Start `tvmbits board serve` on the emulated `name` board, listening on 127.0.0.1:`port` of
     this machine (a chroot shares this machine's network), with this checkout's board side.
     Returns the board's process, leader of its own process group; end it with `stop`."""
-    arch = board_arch(name)
     root = build(name)
     _install_board_side(root)
-    _enable_binfmt(arch)
-    serve = f"exec chroot {root} {VENV}/bin/python -m tvmbits board serve --host 127.0.0.1 --port {port}"
+    quoted = shlex.quote(str(root))
+    serve = f"exec chroot {quoted} {VENV}/bin/python -m tvmbits board serve --host 127.0.0.1 --port {int(port)}"
     return subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
-         f"mount -t proc proc {root}/proc && {serve}"],
+         f"mount -t proc proc {quoted}/proc && {serve}"],
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
