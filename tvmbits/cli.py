@@ -74,7 +74,9 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
 
     board = commands.add_parser("board", help="serve TVM RPC on a board, or emulate a board here")
-    board_commands = board.add_subparsers(dest="board_command", parser_class=_Parser, required=True)
+    board_commands = board.add_subparsers(
+        dest="board_command", metavar="{serve,emulate}", parser_class=_Parser, required=True
+    )
     serve = board_commands.add_parser("serve", help="serve TVM RPC on this machine (needs only apache-tvm)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (TVM RPC has no authentication)")
     serve.add_argument("--port", type=int, default=9090, help="port to listen on")
