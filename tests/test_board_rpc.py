@@ -4,6 +4,8 @@ board, board killed mid-run, no free board of a key, wrong artifact), each one e
 """
 
 import json
+import os
+import signal
 import socket
 import sys
 import time
@@ -145,7 +147,7 @@ def test_board_killed_mid_run(model, folder):
         server.wait_for("load_module", timeout=60)
         time.sleep(1)  # into the timed runs
         assert run.proc.poll() is None, run.text()
-        server.stop()
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the server and its session worker, at once
         run.proc.wait(30)  # raises if the client hangs
         run.stop()
     finally:
