@@ -14,7 +14,9 @@ Rewrites, each computing the same float32 values:
   every consumer is a DequantizeLinear) is folded into a float constant.
 - A QuantizeLinear whose every consumer is a DequantizeLinear (an activation's Q→DQ pair)
   becomes Div, Round, Add, Clip (the integer q, held in float32), and each DequantizeLinear
-  after it Sub, Mul.
+  after it Sub, Mul. Clips with constant bounds between them (Brevitas' QCDQ export, which
+  stores 2- and 4-bit values in int8/uint8) stay Clips of q, and their bounds give the bit
+  width: the smallest signed/unsigned (narrow) range that holds them.
 Other Q/DQ nodes stay for TVM's importer. The facts (`facts.py`) record the quantizer of each
 Conv/Gemm/MatMul's weight and of its data, with the type's bit width and signedness.
 
@@ -59,41 +61,76 @@ def rewrite(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, dict[
     edit = GraphEdit(model)
     ranks = _ranks(model)
     outputs = {value.name for value in model.graph.output}
-    pairs: dict[str, _Params] = {}  # Q output (now float q) → the Q's parameters
+    quantizers: dict[str, _Params] = {}  # rewritten Q (or Clip after it) output → the Q
+    ranges: dict[str, tuple[int, int]] = {}  # integer range of each rewritten Q / Clip output
     activations: dict[str, QuantizedTensor] = {}
     weights: dict[str, QuantizedTensor] = {}
     for node in model.graph.node:
+        x = node.input[0] if node.input else ""
+        if node.op_type == "Clip" and x in ranges:
+            _clip(edit, node, quantizers, ranges)
+            continue
         if node.op_type not in QDQ_OPS or node.domain not in DOMAINS:
             edit.keep(node)
             continue
-        x = node.input[0]
         const = edit.constant_of(x)
         rank = const.ndim if const is not None else ranks.get(x)
-        params = _Params(edit, node, source, rank, pairs.get(x))
+        params = _Params(edit, node, source, rank, quantizers.get(x))
         if params.kind is None:  # a float8 or other non-integer type: TVM's importer decides
             edit.keep(node)
         elif node.op_type == "QuantizeLinear":
-            consumers = edit.consumers[node.output[0]]
-            only_dequantized = consumers and node.output[0] not in outputs and all(
-                c.op_type == "DequantizeLinear" for c, _ in consumers
-            )
-            if not only_dequantized:  # its integer output is used as such: leave it to TVM
+            if not _dequantized_only(edit, node.output[0], outputs):  # integer output used as such
                 edit.keep(node)
-            elif const is not None:
+                continue
+            if const is not None:
                 edit.fold(node.output[0], params.quantize_numpy(const))
             else:
                 params.emit_quantize(x, node.output[0])
-                pairs[node.output[0]] = params
+            quantizers[node.output[0]] = params
+            ranges[node.output[0]] = (params.lo, params.hi)
         elif const is not None:
             edit.fold(node.output[0], params.dequantize_numpy(const))
-            weights[node.output[0]] = params.fact()
-        elif x in pairs:
+            weights[node.output[0]] = params.fact(ranges.get(x))
+        elif x in quantizers:
             params.emit_dequantize(x, node.output[0])
-            activations[node.output[0]] = params.fact()
+            activations[node.output[0]] = params.fact(ranges.get(x))
         else:
             edit.keep(node)
     facts = collect_layer_facts(edit, activations, weights, "qdq")
     return edit.finish(("com.microsoft",)), facts
+
+
+def _dequantized_only(edit: GraphEdit, name: str, outputs: set[str]) -> bool:
+    """Whether only DequantizeLinear nodes read `name`, directly or through Clips with constant
+    bounds (QCDQ), so that its integers never show."""
+    consumers = edit.consumers[name]
+    if not consumers or name in outputs:
+        return False
+    for consumer, index in consumers:
+        if consumer.op_type == "Clip" and index == 0:
+            bounds = [edit.constant_of(b) for b in consumer.input[1:3] if b]
+            if any(b is None for b in bounds) or not _dequantized_only(edit, consumer.output[0], outputs):
+                return False
+        elif consumer.op_type != "DequantizeLinear":
+            return False
+    return True
+
+
+def _clip(edit: GraphEdit, node: onnx.NodeProto, quantizers: dict, ranges: dict) -> None:
+    """A Clip of a rewritten Q's integers (QCDQ): the same clip on the float q (or the folded
+    constant), and the narrower integer range it leaves."""
+    x, out = node.input[0], node.output[0]
+    lo, hi = ranges[x]
+    if len(node.input) > 1 and node.input[1]:
+        lo = max(lo, int(edit.constant_of(node.input[1])))
+    if len(node.input) > 2 and node.input[2]:
+        hi = min(hi, int(edit.constant_of(node.input[2])))
+    ranges[out] = (lo, hi)
+    quantizers[out] = quantizers[x]
+    if edit.constant_of(x) is None:
+        edit.emit("Identity", [edit.clip(x, lo, hi)], out)
+    else:
+        edit.fold(out, np.clip(edit.constant_of(x), lo, hi))
 
 
 class _Params:
@@ -178,14 +215,24 @@ class _Params:
             q = edit.emit("Sub", [q, edit.const("zero_point", zero.astype(np.float32))])
         edit.emit("Mul", [q, edit.const("scale", scale)], out)
 
-    def fact(self) -> QuantizedTensor:
-        """The facts' view: scale broadcastable against the input (blocked: not usable)."""
-        bits, signed = self.kind
+    def fact(self, integer_range: tuple[int, int] | None) -> QuantizedTensor:
+        """The facts' view: bits from `integer_range` (what a Clip left of the Q's type, QCDQ)
+        or the type; scale broadcastable against the input (blocked scales: not usable)."""
+        lo, hi = integer_range or (self.lo, self.hi)
+        bits, signed, narrow = _bits_of(lo, hi)
         zero = float(np.abs(self.zero).max())
         if self.block:
-            return QuantizedTensor(self.name, bits, signed, False, False, self.scale, zero,
+            return QuantizedTensor(self.name, bits, signed, narrow, False, self.scale, zero,
                                    "blocked quantization scale")
-        return QuantizedTensor(self.name, bits, signed, False, False, self._shaped(self.scale), zero)
+        return QuantizedTensor(self.name, bits, signed, narrow, False, self._shaped(self.scale), zero)
+
+
+def _bits_of(lo: int, hi: int) -> tuple[int, bool, bool]:
+    """(bits, signed, narrow) of the smallest QONNX-style integer range holding lo..hi."""
+    if lo >= 0:
+        return max(1, int(hi).bit_length()), False, False
+    bits = max(int(-lo - 1).bit_length(), int(hi).bit_length()) + 1
+    return bits, True, lo == -(2 ** (bits - 1)) + 1
 
 
 def _elem_type(edit: GraphEdit, name: str) -> int:
