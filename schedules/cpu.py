@@ -49,21 +49,38 @@ class LowBitCPU(dlight.ScheduleRule):
     def is_target_available(self, target: Target) -> bool:
         return target.kind.name == "llvm"
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        names = [sch.get(block).name_hint for block in blocks]
-        kernels = [i for i, name in enumerate(names) if name in KERNELS]
-        if len(kernels) == 1:
-            _schedule_kernel(sch, blocks, kernels[0])
-            return sch
-        packs = [i for i, name in enumerate(names) if name in PACKS]
-        if not kernels and packs:
-            _schedule_packing(sch, blocks, packs[0])
-            return sch
-        return None
+        return sch if schedule_lowbit(sch, tunable) else None
+
+
+def is_tunable(func: tirx.PrimFunc) -> bool:
+    """Whether `func` holds exactly one kernel block, whose tile `schedule_lowbit` can sample."""
+    return sum(block.name_hint in KERNELS for block in _root_blocks(func)) == 1
+
+
+def schedule_lowbit(sch: s_tir.Schedule, tunable: bool = False) -> bool:
+    """Schedule `sch` in place as the module docstring says; False (untouched) when it holds
+    neither one kernel nor a packing op. With `tunable`, the conv register tile (channel vectors
+    and pixels) is sampled with `sample_perfect_tile`: the design space MetaSchedule searches."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(block).name_hint for block in blocks]
+    kernels = [i for i, name in enumerate(names) if name in KERNELS]
+    if len(kernels) == 1:
+        _schedule_kernel(sch, blocks, kernels[0], tunable)
+        return True
+    packs = [i for i, name in enumerate(names) if name in PACKS]
+    if not kernels and packs:
+        _schedule_packing(sch, blocks, packs[0])
+        return True
+    return False
+
+
+def _root_blocks(func: tirx.PrimFunc) -> list:
+    sch = s_tir.Schedule(func)
+    return [sch.get(block) for block in sch.get_child_blocks(sch.get_sblock("root"))]
 
 
 class ParallelCPU(dlight.ScheduleRule):
@@ -83,7 +100,7 @@ class ParallelCPU(dlight.ScheduleRule):
         return sch
 
 
-def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int) -> None:
+def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, tunable: bool) -> None:
     kernel = blocks[index]
     is_conv = "conv2d" in sch.get(kernel).name_hint
     for producer in blocks[:index]:
@@ -110,7 +127,7 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int) -> None:
         except s_tir.ScheduleError:
             _parallelize(sch, epilogue)
     if is_conv:
-        _tile_conv(sch, kernel, write_back, lanes)
+        _tile_conv(sch, kernel, write_back, lanes, tunable)
         return
     loops = sch.get_loops(kernel)
     *outer, channel = loops[:spatial]
@@ -123,14 +140,20 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int) -> None:
     _unroll(sch, reduction[-1])
 
 
-def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int) -> None:
+def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, tunable: bool) -> None:
     """Register tile of PIXELS × GROUPS × lanes accumulators (see the module docstring)."""
     n, y, x, channel, *reduction = sch.get_loops(kernel)
-    vectors = -(-int(sch.get(channel).extent) // lanes)
-    groups = _largest_divisor(vectors, GROUPS)
-    pixels = _largest_divisor(int(sch.get(x).extent), ACCUMULATORS // groups)
-    outer, group, lane = sch.split(channel, factors=[None, groups, lanes])
-    x_outer, pixel = sch.split(x, factors=[None, pixels])
+    vectors, lane = sch.split(channel, factors=[None, lanes])
+    if tunable:
+        # both at most 4: a tile of more than ACCUMULATORS vectors spills, and LLVM can take
+        # minutes to allocate registers for it
+        groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=GROUPS)
+        pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=ACCUMULATORS // GROUPS)
+    else:
+        groups = [None, _largest_divisor(int(sch.get(vectors).extent), GROUPS)]
+        pixels = [None, _largest_divisor(int(sch.get(x).extent), ACCUMULATORS // groups[1])]
+    outer, group = sch.split(vectors, factors=groups)
+    x_outer, pixel = sch.split(x, factors=pixels)
     sch.reorder(x_outer, outer, *reduction, pixel, group, lane)
     parallel = sch.fuse(n, y, x_outer, outer)
     sch.parallel(parallel)

@@ -50,7 +50,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
         help="fix an input's symbolic dimensions",
     )
+    tuning = compile_.add_mutually_exclusive_group()
+    tuning.add_argument("--tuning-log", metavar="DIR", help="apply this tuning log (default: tuning_logs/<profile>)")
+    tuning.add_argument("--no-tuning", action="store_true", help="use the untuned default schedules")
     compile_.set_defaults(handler=_compile)
+
+    tune = commands.add_parser("tune", help="tune a model's low-bit kernels into a tuning log")
+    tune.add_argument("model", help="ONNX file")
+    tune.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
+    tune.add_argument("--trials", type=int, help="measurements in all (default: the profile's)")
+    tune.add_argument("--log", help="tuning log folder to append to (default: tuning_logs/<profile>)")
+    tune.add_argument("--tracker", metavar="HOST:PORT", help="measure on boards from this TVM tracker")
+    tune.add_argument("--key", help="the board key to ask the tracker for")
+    tune.add_argument("--timeout", type=float, default=30.0, help="seconds a board may take per measurement")
+    for flag in ("--wbits", "--abits"):
+        tune.add_argument(flag, type=int, help="as for compile")
+    tune.add_argument("--all-layers", action="store_true", help="as for compile")
+    tune.add_argument("--kernel", default="auto", choices=["auto", "bitserial", "subbyte"])
+    tune.set_defaults(handler=_tune)
 
     run = commands.add_parser("run", help="run model.tar here or on a board")
     run.add_argument("artifact")
@@ -90,6 +107,28 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tune(args) -> int:
+    from tvmbits.compiler import CompileOptions
+    from tvmbits.targets import profile as profiles
+    from tvmbits.tune import tune_model
+    from tvmbits.tuning_log import default_log
+
+    if bool(args.tracker) != bool(args.key):
+        raise UserError("--tracker and --key go together")
+    profile = profiles.load(args.target)
+    options = CompileOptions(
+        target=args.target, wbits=args.wbits, abits=args.abits, all_layers=args.all_layers, kernel=args.kernel
+    )
+    log_dir = args.log or str(default_log(profile.name))
+    trials = args.trials if args.trials is not None else profile.tuning_trials
+    tune_model(
+        args.model, options, log_dir, trials, tracker=args.tracker, key=args.key, timeout=args.timeout,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    print(f"tuning log: {log_dir}")
+    return 0
+
+
 def _compile(args) -> int:
     from tvmbits.compiler import CompileOptions, compile_model
 
@@ -101,6 +140,8 @@ def _compile(args) -> int:
         kernel=args.kernel,
         calibrate=args.calibrate,
         input_shapes=dict(_shape(item) for item in args.input_shape),
+        tuning_log=args.tuning_log,
+        use_tuning=not args.no_tuning,
     )
     compile_model(args.model, args.output, options, log=lambda m: print(m, file=sys.stderr))
     return 0

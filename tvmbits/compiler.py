@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 
 import tvmbits
-from tvmbits import artifact
+from tvmbits import artifact, tuning_log
 from tvmbits.errors import UserError
 from tvmbits.frontend import onnx as onnx_frontend
 from tvmbits.passes.assign_bits import assign_bits, check_bits
@@ -38,15 +38,27 @@ class CompileOptions:
     kernel: str = "auto"
     calibrate: list[str] = field(default_factory=list)  # .npy files
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tuning_log: str | None = None  # a tuning log folder; None: the profile's shipped log, if any
+    use_tuning: bool = True
 
 
-def compile_model(
-    model_path: str | Path,
-    output: str | Path,
-    options: CompileOptions,
-    log: Callable[[str], None] = lambda message: None,
-) -> dict:
-    """Compile `model_path` into the artifact `output`; returns the artifact's metadata."""
+@dataclass
+class Lowered:
+    """A model imported and rewritten into low-bit operators, not yet scheduled or built."""
+
+    mod: tvm.IRModule
+    plans: list
+    imported: onnx_frontend.ImportedModel
+    profile: profiles.Profile
+    target: tvm.target.Target
+    source: str
+
+
+def lower_model(
+    model_path: str | Path, options: CompileOptions, log: Callable[[str], None] = lambda message: None
+) -> Lowered:
+    """Import `model_path`, plan every conv/dense layer and lower the planned ones (used by
+    `compile_model` and by the tuner, which must see the same kernels)."""
     profile = profiles.load(options.target)
     check_bits("--wbits", options.wbits)
     check_bits("--abits", options.abits)
@@ -67,8 +79,23 @@ def compile_model(
     lowered = sum(plan.kernel != "float" for plan in plans)
     log(f"lowering {lowered} of {len(plans)} conv/dense layers to low-bit kernels")
     mod = lower_lowbit(plans)(mod)
+    return Lowered(mod, plans, imported, profile, target, source)
+
+
+def compile_model(
+    model_path: str | Path,
+    output: str | Path,
+    options: CompileOptions,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Compile `model_path` into the artifact `output`; returns the artifact's metadata."""
+    lowered = lower_model(model_path, options, log)
+    mod, plans, imported, profile, target, source = (
+        lowered.mod, lowered.plans, lowered.imported, lowered.profile, lowered.target, lowered.source
+    )
     log(f"building for {profile.name} ({target.kind.name})")
-    mod = schedule(mod, target)
+    database, log_path = _tuning_database(options, profile, log)
+    mod = schedule(mod, target, database)
     with target:
         executable = tvm.compile(mod, target=target, relax_pipeline=lower_pipeline(target))
     metadata = {
@@ -82,6 +109,7 @@ def compile_model(
         "inputs": [spec.to_json() for spec in imported.inputs],
         "outputs": [spec.to_json() for spec in imported.outputs],
         "layers": [plan.to_json() for plan in plans],
+        "tuning_log": log_path,
     }
     with tempfile.TemporaryDirectory(prefix="tvmbits-") as tmp:
         library = Path(tmp) / artifact.LIBRARY
@@ -89,6 +117,17 @@ def compile_model(
         artifact.write_artifact(Path(output), library, metadata)
     log(f"wrote {output}")
     return metadata
+
+
+def _tuning_database(options: CompileOptions, profile, log):
+    """The tuning database to apply and its path, or (None, None)."""
+    if not options.use_tuning:
+        return None, None
+    path = Path(options.tuning_log) if options.tuning_log else tuning_log.default_log(profile.name)
+    if not options.tuning_log and not path.is_dir():
+        return None, None
+    log(f"applying tuning log {path}")
+    return tuning_log.open_database(path, log), str(path)
 
 
 def _export(executable, library: Path, profile) -> None:

@@ -3,7 +3,8 @@
 `to_nhwc` runs before layers are found: NHWC activations and OHWI weights for every conv2d
 (TVM's ConvertLayout inserts the transposes at the graph's edges only), constants folded.
 `schedule` runs after lowering: TVM's legalization and fusion (FuseOps fuses epilogues into
-the op_pattern-4 kernels), then the default schedules of `tvmbits.schedules`;
+the op_pattern-4 kernels), then tuned schedules from a MetaSchedule database where it has them
+and the default schedules of `tvmbits.schedules` elsewhere;
 `lower_pipeline` is TVM's own lowering to the VM, which `tvm.compile` runs last.
 """
 
@@ -22,8 +23,9 @@ def to_nhwc(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     return relax.transform.FoldConstant()(mod)
 
 
-def schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Legalize, fuse (epilogues into the op_pattern-4 kernels) and schedule every PrimFunc."""
+def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Legalize and fuse: epilogues go into the op_pattern-4 kernels, one PrimFunc per kernel
+    (the functions that tuning tasks and schedules see)."""
     with target:
         passes = _backend(target).library_dispatch_passes(target) + [
             relax.transform.LegalizeOps(),
@@ -31,9 +33,19 @@ def schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
-            dlight.ApplyDefaultSchedule(*default_rules(target)),
         ]
         return tvm.transform.Sequential(passes)(mod)
+
+
+def schedule(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> tvm.IRModule:
+    """`fuse`, then schedule every PrimFunc: from the tuning `database` where it has the
+    function's workload, else with the default rules of `tvmbits.schedules`."""
+    mod = fuse(mod, target)
+    with target:
+        if database is not None:
+            with database:
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
 
 
 def lower_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:

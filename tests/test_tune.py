@@ -1,0 +1,94 @@
+"""`tvmbits tune`: measurements land in the tuning log as they finish, a killed run loses none of
+them, a rerun appends, `compile` applies the log and stays exact, bad log lines are skipped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from compiled import run_local
+from onnx_models import dyadic_input, tiny_bnn
+from tvmbits.cli import main
+from tvmbits.tuning_log import RECORDS, TUNED_ON, WORKLOADS
+
+
+def records(log_dir):
+    lines = (log_dir / RECORDS).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune") / "bnn.onnx"
+    onnx.save(tiny_bnn(channels=(8, 32, 32), size=12), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(model_file):
+    """A tune run killed after its first measurements, then a second run on the same log."""
+    log_dir = model_file.parent / "log"
+    command = [sys.executable, "-m", "tvmbits", "tune", str(model_file), "--trials", "64", "--log", str(log_dir)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (log_dir / RECORDS).exists() and records(log_dir):
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    after_kill = records(log_dir)
+    command[command.index("64")] = "4"
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    return log_dir, after_kill, resumed
+
+
+def test_killed_run_keeps_its_measurements_and_a_rerun_appends(killed_then_resumed):
+    log_dir, after_kill, resumed = killed_then_resumed
+    assert after_kill, "the killed run recorded nothing"
+    assert resumed.returncode == 0, resumed.stderr
+    assert "tune: " in resumed.stderr and "best" in resumed.stderr  # progress lines
+    after_resume = records(log_dir)
+    assert after_resume[: len(after_kill)] == after_kill and len(after_resume) >= len(after_kill)
+    assert json.loads((log_dir / TUNED_ON).read_text())["cores"] == os.cpu_count()
+
+
+def test_compile_applies_the_log_and_stays_exact(killed_then_resumed, model_file, tmp_path, capsys):
+    log_dir, _, _ = killed_then_resumed
+    with open(log_dir / RECORDS, "a") as f:
+        f.write('[0, {"truncated": \n')  # what a run killed mid-write can leave
+    out = tmp_path / "tuned.tar"
+    assert main(["compile", str(model_file), "-o", str(out), "--tuning-log", str(log_dir)]) == 0
+    assert "not a tuning-log entry, skipped" in capsys.readouterr().err
+    x = dyadic_input([1, 3, 12, 12], seed=2)
+    got, meta = run_local(out, x)
+    assert meta["tuning_log"] == str(log_dir)
+    expected = ort.InferenceSession(str(model_file)).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_compile_without_tuning_records_no_log(model_file, tmp_path):
+    out = tmp_path / "plain.tar"
+    assert main(["compile", str(model_file), "-o", str(out), "--no-tuning"]) == 0
+    _, meta = run_local(out, dyadic_input([1, 3, 12, 12]))
+    assert meta["tuning_log"] is None
+
+
+def test_tune_errors_are_one_line(model_file, tmp_path, capsys):
+    assert main(["tune", str(model_file), "--trials", "0", "--log", str(tmp_path / "l")]) == 2
+    assert main(["tune", str(model_file), "--tracker", "127.0.0.1:9"]) == 2
+    assert main(["compile", str(model_file), "--tuning-log", str(tmp_path / "absent")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert [e for e in errors if e.startswith("tvmbits: error:")] == [
+        "tvmbits: error: --trials 0: must be at least 1",
+        "tvmbits: error: --tracker and --key go together",
+        f"tvmbits: error: {tmp_path / 'absent'}: no such tuning log folder",
+    ]
+    assert not (tmp_path / "l" / WORKLOADS).exists()

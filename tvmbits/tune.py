@@ -1,0 +1,159 @@
+"""MetaSchedule tuning of a model's low-bit kernels (`tvmbits tune`).
+
+Tasks are the fused PrimFuncs of the lowered model that hold one kernel (`schedules.cpu`
+`is_tunable`); their design space is the default schedule with its register tile sampled
+(`schedule_lowbit(tunable=True)`), searched by MetaSchedule's evolutionary search with the
+XGBoost cost model, measured on this machine or on boards from a TVM tracker, and recorded in
+a tuning log (`tuning_log.py`) as each measurement finishes.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from tvmbits import tuning_log
+from tvmbits.compiler import CompileOptions, lower_model
+from tvmbits.errors import UserError
+from tvmbits.passes.pipeline import fuse
+from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
+
+BUILD_TIMEOUT = 60.0  # seconds for one candidate's build
+
+
+def tune_model(
+    model_path: str | Path,
+    options: CompileOptions,
+    log_dir: str | Path,
+    trials: int,
+    tracker: str | None = None,
+    key: str | None = None,
+    timeout: float = 30.0,
+    log: Callable[[str], None] = lambda message: None,
+) -> int:
+    """Tune the low-bit kernels of `model_path` for `options.target` with `trials` measurements
+    in all, appending to the tuning log `log_dir`; returns the number of tasks."""
+    if trials < 1:
+        raise UserError(f"--trials {trials}: must be at least 1")
+    lowered = lower_model(model_path, options, log)
+    target = lowered.target
+    mod = fuse(lowered.mod, target)
+    tasks = [
+        task
+        for task in ms.relax_integration.extract_tasks(mod, target)
+        if is_tunable(task.dispatched[0]["main"])
+    ]
+    if not tasks:
+        raise UserError(f"{model_path}: no low-bit kernels to tune for {lowered.profile.name}")
+    database = tuning_log.open_database(log_dir, log, create=True)
+    tuning_log.write_tuned_on(Path(log_dir), lowered.profile.name)
+    log(f"tuning {len(tasks)} kernels with {trials} trials in all; log: {log_dir}")
+    contexts = [
+        ms.TuneContext(
+            mod=task.dispatched[0],
+            target=target,
+            space_generator=ms.space_generator.ScheduleFn(
+                _design_space, sch_rules=[], postprocs=[], mutator_probs={ms.mutator.MutateTileSize(): 1.0}
+            ),
+            search_strategy="evolutionary",
+            task_name=task.task_name,
+            rand_state=index,
+            num_threads=os.cpu_count(),
+        ).clone()
+        for index, task in enumerate(tasks)
+    ]
+    progress = _Progress([task.task_name for task in tasks], trials, log)
+    with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=[float(task.weight) for task in tasks],
+            work_dir=work_dir,
+            max_trials_global=trials,
+            num_trials_per_iter=min(16, trials),
+            builder=_builder(lowered.profile),
+            runner=_runner(tracker, key, timeout),
+            database=database,
+            cost_model="xgb",
+            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
+            task_scheduler="gradient",
+        )
+    return len(tasks)
+
+
+def _design_space(sch: tvm.s_tir.Schedule) -> None:
+    schedule_lowbit(sch, tunable=True)
+
+
+def _builder(profile) -> ms.builder.Builder:
+    export = _cross_export(profile.cross_compiler) if profile.cross_compiler else None
+    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT, f_build=_build, f_export=export)
+
+
+def _build(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
+    """MetaSchedule's default build without its import of every tensor intrinsic (about 30 s
+    in each fresh builder process; the low-bit kernels use none of them)."""
+    return tvm.driver.build(mod, target=target)
+
+
+def _cross_export(compiler: str):
+    def export(mod: tvm.runtime.Module) -> str:
+        path = tempfile.mkdtemp(prefix="tvmbits-tune-") + "/tune.so"
+        mod.export_library(path, fcompile=tvm.support.cc.cross_compiler(compiler))
+        return path
+
+    return export
+
+
+def _runner(tracker: str | None, key: str | None, timeout: float) -> ms.runner.Runner:
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if not tracker:
+        return ms.runner.LocalRunner(evaluator_config=evaluator)
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--tracker {tracker}: expected HOST:PORT")
+    config = ms.runner.RPCConfig(
+        tracker_host=host, tracker_port=int(port), tracker_key=key, session_timeout_sec=int(timeout)
+    )
+    return ms.runner.RPCRunner(config, evaluator_config=evaluator)
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """One line per measured batch: task, trials so far, that task's best time."""
+
+    def __init__(self, names: list[str], total: int, log: Callable[[str], None]):
+        super().__init__()
+        self.names = names
+        self.total = total
+        self.log = log
+        self.done = 0
+        self.best = [float("inf")] * len(names)
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        if not runner_results:
+            return
+        self.done += len(runner_results)
+        errors = []
+        for built, result in zip(builder_results, runner_results):
+            error = built.error_msg or result.error_msg
+            if error:
+                errors.append(error)
+            elif result.run_secs:
+                seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+                self.best[task_id] = min(self.best[task_id], seconds * 1e3)
+        best = self.best[task_id]
+        shown = f"{best:.4f} ms" if best < float("inf") else "none valid yet"
+        failed = f"; {len(errors)} failed ({_last_line(errors[0])})" if errors else ""
+        self.log(
+            f"tune: {self.done}/{self.total} trials; task {task_id + 1}/{len(self.names)} "
+            f"{self.names[task_id]}: best {shown}{failed}"
+        )
+
+
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "unknown error"
