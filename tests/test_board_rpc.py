@@ -169,7 +169,7 @@ def test_other_tvm_release_is_refused_before_upload(model, board, tmp_path):
     assert server.count("load_module") == uploads
 
 
-def test_serve_refuses_a_busy_port_and_a_lone_key(folder):
+def test_serve_refuses_a_busy_port_a_lone_key_and_no_tracker():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -177,6 +177,9 @@ def test_serve_refuses_a_busy_port_and_a_lone_key(folder):
         done, _ = tvmbits("board", "serve", "--port", str(port), timeout=60)
     one_error_line(done, f"cannot serve on 127.0.0.1:{port}")
     one_error_line(tvmbits("board", "serve", "--key", "alpha", timeout=60)[0], "--tracker and --key go together")
+    gone = f"127.0.0.1:{free_port()}"
+    one_error_line(tvmbits("board", "serve", "--port", str(free_port()), "--tracker", gone, "--key", "alpha",
+                           timeout=60)[0], f"tracker {gone} is unreachable")
 
 
 def test_serve_warns_when_binding_beyond_loopback():

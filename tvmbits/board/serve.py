@@ -39,6 +39,8 @@ def serve(host: str = "127.0.0.1", port: int = 9090, tracker: str | None = None,
             file=sys.stderr,
         )
     _probe_bind(host, port)
+    if tracker_addr:
+        _probe_tracker(tracker, tracker_addr)
     # SIGTERM ends the server like Ctrl-C does, so that its worker processes are ended too
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = rpc.Server(
@@ -65,6 +67,15 @@ def _probe_bind(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as err:
             raise UserError(f"cannot serve on {host}:{port}: {err.strerror}") from None
+
+
+def _probe_tracker(tracker: str, tracker_addr: tuple[str, int]) -> None:
+    """Fail with one line if the tracker does not answer (TVM's server would retry, then stop
+    listening, while this process went on waiting)."""
+    try:
+        socket.create_connection(tracker_addr, timeout=10).close()
+    except OSError as err:
+        raise UserError(f"tracker {tracker} is unreachable: {err.strerror or err}") from None
 
 
 def _is_loopback(host: str) -> bool:
