@@ -9,12 +9,18 @@ Each layer is a one-conv ONNX model: float32 `Conv` for ONNX Runtime float32, `Q
 tvmbits' time includes quantizing and packing the layer's float input and its float epilogue.
 Every contender uses all cores; numbers are medians of `--repeat` runs after warm-up.
 
+It also builds and runs `popcount_peak.c` (this machine's XOR+popcount peak in bit-MACs/s, by
+scalar, AVX2 and AVX-512 loops and a scalar+vector mix) and reports what fraction of the best
+the W1A1 conv kernel reaches alone (its time from the per-kernel profile, packing excluded).
+Writes `layers.md` and `layers.png` into `--out`.
+
     python benchmarks/layers.py [--repeat 50] [--layers 0,2] [--out benchmarks/results]
 """
 
 import argparse
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -107,7 +113,8 @@ def time_ort(model: onnx.ModelProto, x: np.ndarray, repeat: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-def time_tvmbits(model: onnx.ModelProto, x: np.ndarray, repeat: int, wbits=None, abits=None) -> tuple[float, dict]:
+def time_tvmbits(model: onnx.ModelProto, x: np.ndarray, repeat: int, wbits=None, abits=None) -> tuple[float, float, dict]:
+    """(layer ms, conv kernel alone ms, layer plan) of the compiled one-layer model."""
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(model, f"{tmp}/m.onnx")
         options = CompileOptions(wbits=wbits, abits=abits, all_layers=wbits is not None)
@@ -117,7 +124,19 @@ def time_tvmbits(model: onnx.ModelProto, x: np.ndarray, repeat: int, wbits=None,
         loaded = session.load(art.library)
         runtime.run(session, loaded, [x])
         times = runtime.time(session, loaded, [x], number=1, repeat=repeat)
-    return float(np.median(times)), meta["layers"][0]
+        rows = runtime.profile(session, loaded, [x], runs=repeat)
+    kernel = next(row["ms"] for row in rows if "_conv2d" in row["name"])
+    return float(np.median(times)), kernel, meta["layers"][0]
+
+
+def popcount_peak() -> dict[str, float]:
+    """G bit-MACs/s of each loop of popcount_peak.c on this machine, all cores."""
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = f"{tmp}/popcount_peak"
+        source = Path(__file__).with_name("popcount_peak.c")
+        subprocess.run(["cc", "-O3", "-march=native", "-fopenmp", str(source), "-o", binary], check=True)
+        lines = subprocess.run([binary], check=True, capture_output=True, text=True).stdout.splitlines()
+    return {name: float(value) for name, value, *_ in (line.split() for line in lines)}
 
 
 def main() -> None:
@@ -127,6 +146,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     picked = [LAYERS[int(i)] for i in args.layers.split(",")] if args.layers else LAYERS
+    peak = popcount_peak()
+    print("popcount peak, G bit-MACs/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), flush=True)
     rng = np.random.default_rng(0)
     rows = []
     for layer in picked:
@@ -137,20 +158,23 @@ def main() -> None:
         row["ort_int8"] = time_ort(int8_conv(layer, rng), rng.integers(0, 256, x.shape).astype(np.uint8), args.repeat)
         for wbits, abits in BITS:
             if (wbits, abits) == (1, 1):
-                ms, plan = time_tvmbits(float_conv(layer, rng, "Sign"), x, args.repeat)
+                ms, kernel_ms, plan = time_tvmbits(float_conv(layer, rng, "Sign"), x, args.repeat)
+                row["W1A1_kernel_gbitmacs"] = row["macs"] / kernel_ms / 1e6
             else:
-                ms, plan = time_tvmbits(float_conv(layer, rng, "Relu"), x, args.repeat, wbits, abits)
+                ms, _, plan = time_tvmbits(float_conv(layer, rng, "Relu"), x, args.repeat, wbits, abits)
             assert plan["kernel"] != "float", plan
             row[f"W{wbits}A{abits}"] = ms
             row[f"W{wbits}A{abits}_bytes"] = plan["weight_bytes_packed"]
         row["fp32_bytes"] = cout * cin * 9 * 4
         rows.append(row)
         print(_line(row), flush=True)
-    report = _report(rows, args.repeat)
+    report = _report(rows, args.repeat, peak)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "layers.md").write_text(report)
-    print(f"wrote {out / 'layers.md'}")
+    _plot(rows, out / "layers.png")
+    print(report)
+    print(f"wrote {out / 'layers.md'} and {out / 'layers.png'}")
 
 
 def _line(row) -> str:
@@ -160,7 +184,28 @@ def _line(row) -> str:
     return " | ".join(cells) + " ms"
 
 
-def _report(rows, repeat) -> str:
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = [f"{r['layer'][0]}², {r['layer'][1]}→{r['layer'][2]}" for r in rows]
+    series = [("ORT fp32", "ort_fp32"), ("ORT int8", "ort_int8")] + [(f"W{w}A{a}", f"W{w}A{a}") for w, a in BITS]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for i, (label, key) in enumerate(series):
+        ax.bar([j + i * width for j in range(len(rows))], [r[key] for r in rows], width, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], names, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (log scale), batch 1")
+    ax.set_title(f"ResNet-18 3×3 conv layers on {_cpu_model()}, {os.cpu_count()} cores")
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _report(rows, repeat, peak) -> str:
     cpu = _cpu_model()
     lines = [
         "# ResNet-18 3×3 conv layers: tvmbits vs ONNX Runtime",
@@ -190,6 +235,16 @@ def _report(rows, repeat) -> str:
         f"Geometric means: W1A1 {geomean('W1A1', 'ort_fp32'):.2f}× ORT fp32; "
         f"W1A2 {geomean('W1A2', 'ort_int8'):.2f}× ORT int8; W2A2 {geomean('W2A2', 'ort_int8'):.2f}× ORT int8; "
         f"W4A4 {geomean('W4A4', 'ort_int8'):.2f}× ORT int8.",
+        "",
+        "Popcount peak of this machine (`popcount_peak.c`, all cores, G bit-MACs/s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in peak.items())
+        + ". W1A1 conv kernel alone (packing excluded), G bit-MACs/s and fraction of the best: "
+        + ", ".join(
+            f"{r['layer'][0]}²×{r['layer'][1]}→{r['layer'][2]} {r['W1A1_kernel_gbitmacs']:.0f} "
+            f"({r['W1A1_kernel_gbitmacs'] / max(peak.values()):.0%})"
+            for r in rows
+        )
+        + ".",
         "",
         "Weight bytes over all layers: "
         f"fp32 {sum(r['fp32_bytes'] for r in rows)}, int8 {sum(r['fp32_bytes'] for r in rows) // 4}, "
