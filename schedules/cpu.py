@@ -25,7 +25,8 @@ are split into vectors of `LANES`:
 
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize) inlined into the packing and its loops parallelised.
-`ParallelCPU` takes every other PrimFunc (transposes, pooling, dense float layers).
+`ParallelCPU` takes every other PrimFunc: layout transposes are copied in L1-sized tiles,
+the rest (pooling, dense float layers) just runs its outer loops in parallel.
 `benchmarks/layers.py` measures what these schedules reach against ONNX Runtime.
 """
 
@@ -40,6 +41,7 @@ LANES = 16
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
 ACCUMULATORS = 16  # accumulator vectors in a register tile (AVX-512 and NEON have 32 registers)
 UNROLL = 8
+TRANSPOSE_TILE = 16
 MIN_PARALLEL = 4096  # points below which a loop nest is not worth waking the thread pool
 
 
@@ -96,8 +98,33 @@ class ParallelCPU(dlight.ScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
-            _parallelize(sch, block, keep_inner=True)
+            if not _tile_transpose(sch, block):
+                _parallelize(sch, block, keep_inner=True)
         return sch
+
+
+def _tile_transpose(sch: s_tir.Schedule, block) -> bool:
+    """Copy a block that reads one buffer along another innermost axis than it writes (a layout
+    transpose, e.g. NHWC → NCHW at a graph's edge) in TRANSPOSE_TILE² tiles, so that both sides
+    of a tile stay in L1; the loops outside the tiles run in parallel. False if not such a block."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    if len(stmt.reads) != 1 or len(loops) != len(stmt.iter_vars) or len(loops) < 2:
+        return False
+    if any(v.iter_type != tirx.IterVar.DataPar or not isinstance(v.dom.extent, tirx.IntImm) for v in stmt.iter_vars):
+        return False
+    innermost_read = stmt.reads[0].region[-1].min
+    axis = next((i for i, v in enumerate(stmt.iter_vars) if innermost_read.same_as(v.var)), None)
+    if axis is None or axis == len(loops) - 1:
+        return False
+    if np.prod([int(v.dom.extent) for v in stmt.iter_vars]) < MIN_PARALLEL:
+        return False
+    read_outer, read_inner = sch.split(loops[axis], factors=[None, TRANSPOSE_TILE])
+    write_outer, write_inner = sch.split(loops[-1], factors=[None, TRANSPOSE_TILE])
+    others = [loop for i, loop in enumerate(loops) if i not in (axis, len(loops) - 1)]
+    sch.reorder(*others, read_outer, write_outer, read_inner, write_inner)
+    sch.parallel(sch.fuse(*others, read_outer, write_outer))
+    return True
 
 
 def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, tunable: bool) -> None:

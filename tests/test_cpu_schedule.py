@@ -189,9 +189,13 @@ def test_float_conv2d_is_register_tiled_and_matches_numpy():
     np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
 
 
-def test_other_functions_run_in_parallel_above_a_size():
-    big, small = te.placeholder((64, 64, 8), "float32"), te.placeholder((4, 4), "float32")
-    for x, parallel in ((big, True), (small, False)):
-        y = te.compute(x.shape[::-1], lambda *i: x(*i[::-1]), name="transpose")
-        func = ParallelCPU().apply(te.create_prim_func([x, y]), X86, False).mod["main"]
-        assert ("T.parallel(" in func.script()) == parallel
+@pytest.mark.parametrize("shape, parallel", [((40, 70, 9), True), ((4, 4), False)])
+def test_other_functions_run_in_parallel_above_a_size(shape, parallel):
+    x = te.placeholder(shape, "float32")
+    y = te.compute(shape[::-1], lambda *i: x(*i[::-1]), name="transpose")
+    mod = ParallelCPU().apply(te.create_prim_func([x, y]), X86, False).mod
+    assert ("T.parallel(" in mod["main"].script()) == parallel
+    data = np.random.default_rng(5).standard_normal(shape).astype("float32")
+    out = tvm.runtime.tensor(np.zeros(shape[::-1], "float32"))
+    tvm.compile(mod, target=X86)(tvm.runtime.tensor(data), out)
+    np.testing.assert_array_equal(out.numpy(), data.T)
