@@ -45,9 +45,9 @@ def mixed_cnn(seed: int = 0) -> nn.Sequential:
 
 
 def partly_lowerable_cnn(seed: int = 0) -> nn.Sequential:
-    """A depthwise (grouped) 4-bit conv, a conv fed by an activation with a zero point
-    (Brevitas' shifted uint8) and a 16-bit activation: three layers that stay float, around
-    two that lower (4×4-bit conv, 2×2-bit linear)."""
+    """A depthwise (grouped) 4-bit conv and a linear fed by a 16-bit activation: two layers that
+    stay float, around three that lower (a conv fed by Brevitas' shifted uint8, which has a zero
+    point; a 4×4-bit conv; a 2×2-bit linear)."""
     torch.manual_seed(seed)
     net = nn.Sequential(
         qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),

@@ -74,38 +74,54 @@ def test_ort_static_int4_model_equals_onnxruntime(tmp_path, opset):
         assert (out != expected).mean() < 0.1 and out.argmax() == expected.argmax()
 
 
-def test_integer_accumulation_of_the_first_conv_is_exact(tmp_path):
-    """conv0's output (an extra graph output) / (s_x · s_w) is the int64 reference conv of
-    the int8 input codes and the int4 weight codes."""
-    model = ort_quantized(tmp_path, 21, **INT4_WEIGHTS)
-    model.graph.output.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, 8, 12, 12]))
+UINT8_ACTIVATIONS = dict(activation_type=QuantType.QUInt8, per_channel=True)
+
+
+@pytest.mark.parametrize(
+    "options,codes_range,conv0",
+    [(INT4_WEIGHTS, (-128, 127), "c0"), (UINT8_ACTIVATIONS, (0, 255), "r0")],
+    ids=["int8-symmetric", "uint8-zero-point"],
+)
+def test_integer_accumulation_of_the_first_conv_is_exact(tmp_path, options, codes_range, conv0):
+    """conv0's output (an extra graph output; with uint8 activations ONNX Runtime drops the
+    ReLU after it and names it r0) / (s_x · s_w) is the int64 reference conv of the input's
+    values q − z and the weight codes, zero padding included."""
+    model = ort_quantized(tmp_path, 21, **options)
+    model.graph.output.append(helper.make_tensor_value_info(conv0, TensorProto.FLOAT, [1, 8, 12, 12]))
     onnx.save(model, tmp_path / "probe.onnx")
-    compile_model(tmp_path / "probe.onnx", tmp_path / "probe.tar", CompileOptions())
+    meta = compile_model(tmp_path / "probe.onnx", tmp_path / "probe.tar", CompileOptions())
+    assert meta["layers"][0]["kernel"] == "subbyte"
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    s_x, s_w = init["input_scale"], init["w0_scale"]
+    s_x, z_x, s_w = init["input_scale"], int(init["input_zero_point"]), init["w0_scale"]
+    assert (z_x != 0) == (codes_range[0] == 0)  # the uint8 case really has a zero point
+    assert meta["layers"][0]["activation_zero_point"] == (z_x or None)
     weights = init["w0_quantized"].astype(np.int64)
     for seed in range(2):
         x = sample(seed)
         (_, c0), _ = run_local(tmp_path / "probe.tar", x)
-        codes = np.clip(np.rint(x / s_x), -128, 127).astype(np.int64)
-        expected = reference.conv2d_nhwc(codes.transpose(0, 2, 3, 1), weights.transpose(0, 2, 3, 1), (1, 1), (1,) * 4)
+        values = np.clip(np.rint(x / s_x) + z_x, *codes_range).astype(np.int64) - z_x
+        expected = reference.conv2d_nhwc(values.transpose(0, 2, 3, 1), weights.transpose(0, 2, 3, 1), (1, 1), (1,) * 4)
         accumulation = c0 / (np.float64(s_x) * s_w.astype(np.float64)).reshape(1, -1, 1, 1)
-        assert np.abs(accumulation - np.rint(accumulation)).max() < 1e-3
+        # float32(acc) · float32(s_x · s_w) is acc up to a relative 2^-22
+        assert np.all(np.abs(accumulation - np.rint(accumulation)) <= 1e-3 + 5e-7 * np.abs(accumulation))
         np.testing.assert_array_equal(np.rint(accumulation).astype(np.int64), expected.transpose(0, 3, 1, 2))
-        np.testing.assert_allclose(c0, onnxruntime(model, x, ["c0"])[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(c0, onnxruntime(model, x, [conv0])[0], rtol=1e-5, atol=1e-5)
 
 
-def test_asymmetric_uint8_activations_stay_float_and_exact(tmp_path):
-    """quantize_static's defaults: uint8 activations with zero points, int8 weights."""
-    model = ort_quantized(tmp_path, 17, per_channel=False)
+def test_asymmetric_uint8_activations_lower_with_their_zero_points(tmp_path):
+    """quantize_static with uint8 activations (zero points from the calibrated ranges) and
+    per-tensor int8 weights."""
+    model = ort_quantized(tmp_path, 17, activation_type=QuantType.QUInt8, per_channel=False)
     meta = compile_model(tmp_path / "qdq.onnx", tmp_path / "qdq.tar", CompileOptions())
-    assert {l["kernel"] for l in meta["layers"]} == {"float"}
-    assert all(l["reason"].startswith("activation zero point is not 0") for l in meta["layers"])
-    assert meta["layers"][0]["found"]["weight"] == "signed8, per-tensor scale"
-    x = sample(20)
-    out, _ = run_local(tmp_path / "qdq.tar", x)
+    assert [(l["kernel"], l["activation"], l["weight"]) for l in meta["layers"]] == [("subbyte", "unsigned8", "signed8")] * 4
+    assert meta["layers"][0]["activation_zero_point"] and "zero point" in meta["layers"][0]["found"]["activation"]
     step = float(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "logits_scale")))
-    np.testing.assert_allclose(out, onnxruntime(model, x)[0], rtol=0, atol=step * 1.01)
+    for seed in range(20, 23):
+        x = sample(seed)
+        out, _ = run_local(tmp_path / "qdq.tar", x)
+        expected = onnxruntime(model, x)[0]
+        np.testing.assert_allclose(out, expected, rtol=0, atol=step * 1.01)
+        assert out.argmax() == expected.argmax()
 
 
 def two_bit_model(act_type, weight_type, weight_values, opset):

@@ -126,17 +126,17 @@ def test_layers_that_cannot_be_lowered_stay_float_and_exact(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "partly.tar")]) == 0
     report = json.loads(capsys.readouterr().out)
     kernels = [(l["kernel"], l["abits"], l["wbits"]) for l in report["layers"]]
-    assert kernels == [("float",) + (None,) * 2, ("float",) + (None,) * 2, ("subbyte", 4, 4),
-                       ("float",) + (None,) * 2, ("bitserial", 2, 2)]
-    reasons = [row["reason"] for row in report["summary"]["float_layers"]]
-    assert reasons[0] == "grouped convolution (groups=3)"
-    assert reasons[1].startswith("activation zero point is not 0")
-    assert reasons[2].startswith("16-bit activation")
-    assert report["summary"]["float_layers"][1]["found"] == report["layers"][1]["found"]
-    assert report["layers"][1]["origin"] == "qonnx"
-    found = report["layers"][1]["found"]
-    assert found["activation"].startswith("unsigned8") and "zero point" in found["activation"]
-    assert found["weight"].startswith("signed4")
+    assert kernels == [("float", None, None), ("subbyte", 8, 4), ("subbyte", 4, 4),
+                       ("float", None, None), ("bitserial", 2, 2)]
+    floats = report["summary"]["float_layers"]
+    assert [row["reason"] for row in floats][0] == "grouped convolution (groups=3)"
+    assert floats[1]["reason"].startswith("16-bit activation")
+    assert floats[0]["found"] == {"activation": "signed4, per-tensor scale",
+                                  "weight": "signed4 narrow, per-channel scale"}
+    assert floats[1]["found"]["activation"] == "signed16, per-tensor scale"
+    shifted = report["layers"][1]  # Brevitas' shifted uint8: runs on its codes, minus z·Σw
+    assert shifted["origin"] == "qonnx" and shifted["activation_zero_point"]
+    assert shifted["found"]["activation"].startswith("unsigned8, per-tensor scale, zero point")
     lowered = report["layers"][2]
     assert lowered["weight_bytes_float"] == 8 * 8 * 9 * 4
     assert lowered["weight_bytes_packed"] == 8 * 9 * 4  # 8 channels, two 4-bit codes a byte

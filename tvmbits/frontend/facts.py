@@ -30,7 +30,7 @@ class QuantizedTensor:
     narrow: bool
     bipolar: bool
     scale: np.ndarray
-    zero_point: float  # largest |zero point|: 0 exactly when every zero point is 0
+    zero_point: float  # the zero point when one value holds for the whole tensor, else NaN
     per_axis_reason: str = ""
 
     def describe(self) -> str:
@@ -38,9 +38,17 @@ class QuantizedTensor:
         kind = "bipolar" if self.bipolar else ("signed" if self.signed else "unsigned")
         text = f"{kind}{self.bits}" + (" narrow" if self.narrow and not self.bipolar else "")
         text += ", per-channel scale" if np.ndim(self.scale) else ", per-tensor scale"
-        if self.zero_point:
-            text += ", nonzero zero point"
+        if np.isnan(self.zero_point):
+            text += ", per-channel zero points"
+        elif self.zero_point:
+            text += f", zero point {self.zero_point:g}"
         return text
+
+
+def uniform(zero_point: np.ndarray) -> float:
+    """`QuantizedTensor.zero_point` of a zero-point array: its one value, else NaN."""
+    flat = np.asarray(zero_point, np.float64).ravel()
+    return float(flat[0]) if flat.size and np.all(flat == flat[0]) else float("nan")
 
 
 @dataclass

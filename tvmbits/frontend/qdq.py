@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto
 
 from tvmbits.errors import UserError
-from tvmbits.frontend.facts import LayerFacts, QuantizedTensor, collect_layer_facts
+from tvmbits.frontend.facts import LayerFacts, QuantizedTensor, collect_layer_facts, uniform
 from tvmbits.frontend.graph_edit import GraphEdit, node_name
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -220,7 +220,7 @@ class _Params:
         or the type; scale broadcastable against the input (blocked scales: not usable)."""
         lo, hi = integer_range or (self.lo, self.hi)
         bits, signed, narrow = _bits_of(lo, hi)
-        zero = float(np.abs(self.zero).max())
+        zero = uniform(self.zero)
         if self.block:
             return QuantizedTensor(self.name, bits, signed, narrow, False, self.scale, zero,
                                    "blocked quantization scale")

@@ -33,7 +33,7 @@ import onnx
 
 from tvmbits.errors import UserError
 from tvmbits.frontend import rounding
-from tvmbits.frontend.facts import LayerFacts, QuantizedTensor, collect_layer_facts
+from tvmbits.frontend.facts import LayerFacts, QuantizedTensor, collect_layer_facts, uniform
 from tvmbits.frontend.graph_edit import GraphEdit, node_name
 
 DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas")
@@ -81,7 +81,7 @@ class _Quantizer:
         self.fact = None
         if node.op_type == "BipolarQuant":
             self.scale = self._scale(1)
-            self.fact = QuantizedTensor(node_name(node), 1, True, False, True, self.scale, np.float32(0))
+            self.fact = QuantizedTensor(node_name(node), 1, True, False, True, self.scale, 0.0)
         elif node.op_type == "Trunc":
             self._check_trunc()
         else:
@@ -135,9 +135,9 @@ class _Quantizer:
         self.bipolar = self.bits == 1 and self.signed
         self.lo, self.hi = _int_range(self.signed, self.narrow, self.bits)
         self.zero = self._zero_point(2, self.lo, self.hi)
-        name = node_name(self.node)
-        zero = np.float32(np.abs(self.zero).max())
-        self.fact = QuantizedTensor(name, self.bits, self.signed, self.narrow, self.bipolar, self.scale, zero)
+        self.fact = QuantizedTensor(
+            node_name(self.node), self.bits, self.signed, self.narrow, self.bipolar, self.scale, uniform(self.zero)
+        )
 
     def _check_trunc(self) -> None:
         self.v2 = len(self.node.input) >= 6
@@ -202,7 +202,7 @@ class _Quantizer:
         if self.v2:
             self.fact = QuantizedTensor(
                 node_name(self.node), self.out_bits, self.signed, self.narrow, False,
-                self.out_scale, np.float32(np.abs(zero).max()),
+                self.out_scale, uniform(zero),
             )
 
     def _clamp(self, y: str) -> str:

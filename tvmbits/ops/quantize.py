@@ -3,9 +3,9 @@
 `binarize`: code 1 where x ≥ 0, else 0 (bipolar +1/−1). ONNX `Sign(0)` is 0, which one bit
 cannot hold; tvmbits maps 0 to +1 as Larq's `ste_sign` and QONNX's `BipolarQuant` do.
 
-`quantize`: value = clamp(round_half_even(x / scale), lo, hi) with the encoding's value range
-(as ONNX QuantizeLinear with zero point 0), returned as int32 *values*; signed values are
-two's complement, so bit i of the int32 is bit i of the k-bit code.
+`quantize`: value = clamp(round_half_even(x / scale) + zero_point, lo, hi) with the encoding's
+value range (as ONNX QuantizeLinear), returned as int32 *values*; signed values are two's
+complement, so bit i of the int32 is bit i of the k-bit code.
 """
 
 from tvm import te, tirx
@@ -21,12 +21,14 @@ def binarize(x: te.Tensor) -> te.Tensor:
     )
 
 
-def quantize(x: te.Tensor, scale: float, encoding: Encoding) -> te.Tensor:
+def quantize(x: te.Tensor, scale: float, encoding: Encoding, zero_point: int = 0) -> te.Tensor:
     lo, hi = encoding.value_range
     step = tirx.const(scale, x.dtype)
 
     def code(*i):
         q = tirx.nearbyint(x(*i) / step)
+        if zero_point:
+            q = q + tirx.const(zero_point, x.dtype)
         q = te.max(te.min(q, tirx.const(hi, x.dtype)), tirx.const(lo, x.dtype))
         return q.astype("int32")
 

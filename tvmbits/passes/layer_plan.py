@@ -3,7 +3,8 @@
 `origin` says where the bits came from: "binarized" (Sign → ±s layer in the graph),
 "post-training" (--wbits/--abits with calibration), "qonnx" or "qdq" (the model's own
 quantizers), or "float". The real layer output is float32(acc) · float32(act_scale ·
-weight_scale[o]), acc the exact integer sum of activation values times `weight_values`.
+weight_scale[o]), acc the exact integer sum of (activation value − act_zero_point) times
+`weight_values` over the taps inside the input.
 """
 
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ class LayerPlan:
     reason: str = ""  # why a float layer stays float
     act: Encoding | None = None  # None until calibrated
     act_bits: int | None = None  # bits to calibrate the activation encoding for
-    act_scale: float = 1.0  # real activation = act_scale · value
+    act_scale: float = 1.0  # real activation = act_scale · (value − act_zero_point)
+    act_zero_point: int = 0  # the kernel sums value · weight; lowering subtracts z · Σ weight
     wgt: Encoding | None = None
     weight_values: np.ndarray | None = None  # int64, in the layer's weight layout
     weight_scale: np.ndarray | None = None  # float32 [O]: real weight = weight_scale · value
@@ -65,6 +67,7 @@ class LayerPlan:
             "reason": self.reason or None,
             "activation": None if self.act is None else f"{self.act.kind}{self.act.bits}",
             "weight": None if self.wgt is None else f"{self.wgt.kind}{self.wgt.bits}",
+            "activation_zero_point": self.act_zero_point or None,
             "abits": None if self.act is None else self.act.bits,
             "wbits": None if self.wgt is None else self.wgt.bits,
             "weight_shape": None if weight is None else list(weight.shape),

@@ -3,9 +3,10 @@
 For each layer with a low-bit plan the binding `y = conv2d(x, W)` (NHWC/OHWI) or
 `y = matmul(x, W)` becomes
 
-    codes  = binarize(z) | quantize(x, act_scale)      # Sign(z) feeding the layer is absorbed
+    codes  = binarize(z) | quantize(x, act_scale, act_zero_point)  # Sign(z) feeding it absorbed
     packed = bitpack(codes) | subbyte_pack(codes)
-    acc    = <kernel>(packed, W_packed)                 # int32, W packed here at compile time
+    acc    = <kernel>(packed, W_packed)        # int32, W packed here at compile time
+             − act_zero_point · Σ W            # only for a zero point; per position and channel
     y      = float32(acc) · (act_scale · weight_scale)  # per output channel, last axis
 
 The kernel PrimFuncs carry op_pattern 4 (out-elementwise-fusable), so TVM's FuseOps later
@@ -19,6 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
 from tvmbits.ops.bitserial_dense import bitserial_dense
@@ -79,6 +81,8 @@ class _Rewriter(PyExprMutator):
             primfunc_name_hint=name,
             primfunc_attrs=OUT_EWISE_FUSABLE,
         )
+        if plan.act_zero_point:
+            acc = self.builder_.emit(relax.op.subtract(acc, relax.const(_zero_point_correction(plan))))
         out = relax.op.astype(acc, "float32")
         scale = (np.float64(plan.act_scale) * plan.weight_scale).astype(np.float32)
         if np.all(scale == 1):
@@ -96,5 +100,20 @@ class _Rewriter(PyExprMutator):
         if plan.act.kind == "bipolar":
             return self.builder_.emit_te(binarize, data, primfunc_name_hint="binarize")
         return self.builder_.emit_te(
-            partial(quantize, scale=plan.act_scale, encoding=plan.act), data, primfunc_name_hint="quantize"
+            partial(quantize, scale=plan.act_scale, encoding=plan.act, zero_point=plan.act_zero_point),
+            data,
+            primfunc_name_hint="quantize",
         )
+
+
+def _zero_point_correction(plan: LayerPlan) -> np.ndarray:
+    """int32 z · Σ weight over the taps inside the input, per output position and channel
+    ([1, OH, OW, O] for conv2d, [O] for dense): the kernel's Σ q·w minus this is Σ (q − z)·w,
+    the zero padding of the real data (q = z) included."""
+    z, weight = plan.act_zero_point, plan.weight_values
+    if plan.layer.op == "dense":
+        return (z * weight.sum(axis=1)).astype(np.int32)
+    _, height, width, channels = (int(d) for d in plan.layer.call.args[0].ty.shape)
+    ones = np.ones((1, height, width, channels), np.int64)
+    inside = reference.conv2d_nhwc(ones, weight, plan.layer.attrs["strides"], plan.layer.attrs["padding"])
+    return (z * inside).astype(np.int32)

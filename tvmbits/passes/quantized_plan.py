@@ -5,11 +5,14 @@ float32(s_o · q) and its data equal to float32(s_a · q_a) (`frontend/facts.py`
 recovers q = rint(weight / s_o), checks that float32(s_o · q) gives the weight back bit for
 bit, and the lowered layer quantizes its data back to q_a exactly (rounding removes the
 float32 error of s_a · q_a). The kernel's integer sum times float32(s_a · s_o) is then the float
-layer's result up to float32 round-off.
+layer's result up to float32 round-off. An activation with a zero point z (data s_a·(q − z),
+e.g. ONNX Runtime's asymmetric uint8) runs on its codes q, and the plan's `act_zero_point`
+makes the lowering subtract z · Σ w over the taps inside the input (`lower_lowbit.py`).
 
 A layer stays float, with `reason` saying why, when its data or weight is not a quantizer's
 output, a scale is per channel where the epilogue cannot take it (activations; weights along
-an input axis), a zero point is not 0, a bit width is above 8, or the layer itself is
+an input axis), the weight's zero point is not 0 (or the activation's is per channel, not an
+integer, or on a bipolar quantizer), a bit width is above 8, or the layer itself is
 unsupported (grouped or dilated convolution, …).
 """
 
@@ -46,6 +49,7 @@ def plan_from_facts(layer: Layer, facts: LayerFacts) -> LayerPlan:
     plan.kernel = "pending"
     plan.act = _encoding(facts.act)
     plan.act_scale = float(facts.act.scale)
+    plan.act_zero_point = int(facts.act.zero_point)
     plan.wgt = wgt
     plan.weight_values = values.astype(np.int64)
     plan.weight_scale = np.ascontiguousarray(scale, np.float32)
@@ -61,8 +65,12 @@ def _why_float(layer: Layer, facts: LayerFacts) -> str:
             return f"{what} in the model"
         if quant.per_axis_reason:
             return f"{quant.per_axis_reason} (quantizer {quant.node})"
-        if quant.zero_point:
-            return f"{role} zero point is not 0 (quantizer {quant.node})"
+        zero = quant.zero_point
+        if np.isnan(zero):
+            return f"per-channel {role} zero points (quantizer {quant.node})"
+        if zero and (role == "weight" or quant.bipolar or zero != round(zero)):
+            what = "not 0" if role == "weight" else ("not 0 for a bipolar activation" if quant.bipolar else "not an integer")
+            return f"{role} zero point is {what} (quantizer {quant.node})"
         if quant.bits > MAX_BITS:
             return f"{quant.bits}-bit {role} (quantizer {quant.node}): low-bit kernels take 1 to {MAX_BITS} bits"
     return ""
