@@ -1,6 +1,6 @@
 """A binarized CNN trained with Brevitas on scikit-learn's bundled digits, compiled by tvmbits.
 
-    python examples/digits_bnn.py [--epochs 30] [--seed 0] [--out-dir digits_bnn/] [--repeat 200]
+    python examples/digits_bnn.py [--epochs 30] [--seed 0] [--out-dir build/digits_bnn] [--repeat 200]
 
 Data: `sklearn.datasets.load_digits` (1797 8×8 grey images of 0-9, values 0..16, shipped with
 scikit-learn: no download), scaled to [-1, 1], split 80/20 with a fixed seed.
@@ -128,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="digits_bnn", help="where the .onnx and .tar files go")
+    parser.add_argument("--out-dir", default="build/digits_bnn", help="where the .onnx and .tar files go")
     parser.add_argument("--repeat", type=int, default=200, help="timed runs per contender")
     args = parser.parse_args()
     out = Path(args.out_dir)
