@@ -128,3 +128,11 @@ def test_bipolar_quant_with_nonpositive_scale_is_an_error(tmp_path):
     onnx.save(qonnx_model([node], {"s": -1.0}, ["b"]), tmp_path / "bad.onnx")
     with pytest.raises(UserError, match="node 'sign_act' \\(BipolarQuant\\): scale must be positive"):
         compile_model(tmp_path / "bad.onnx", tmp_path / "bad.tar", CompileOptions())
+
+
+def test_other_qonnx_ops_are_named_in_one_line(tmp_path, capsys):
+    node = helper.make_node("MultiThreshold", ["input", "t"], ["m"], name="thresholds", domain=DOMAIN)
+    onnx.save(qonnx_model([node], {"t": np.zeros((3, 1), np.float32)}, ["m"]), tmp_path / "mt.onnx")
+    assert main(["compile", str(tmp_path / "mt.onnx"), "-o", str(tmp_path / "mt.tar")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "node 'thresholds' uses op MultiThreshold (domain qonnx.custom_op.general)" in line
