@@ -2,14 +2,15 @@
 
 data   `[N, H, W, act.bits, ceil(C/32)]` uint32, `bitpack` of NHWC activation codes;
 weight `[O, KH, KW, wgt.bits, ceil(C/32)]` uint32, `pack_bits` of OHWI weight codes;
-output `[N, OH, OW, O]` int32, exactly Σ value_a · value_w over the taps inside the input.
+output `[N, OH, OW, O]` int32, exactly Σ value_a · value_w over the taps inside the input
+(bipolar × bipolar: the mismatch count summed in `bitserial_conv2d`, finished by `bipolar_dot`).
 Padded taps contribute 0, also for bipolar activations (a padded pixel is value 0, not −1).
 """
 
 from tvm import te, tirx
 
 from tvmbits.ops.bitpack import check_packed, words
-from tvmbits.ops.bitserial_term import word_dot
+from tvmbits.ops.bitserial_term import bipolar_dot, is_bipolar_pair, mismatches, word_dot
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.window import Window
 
@@ -53,19 +54,27 @@ def bitserial_conv2d_nhwc(
     kx = te.reduce_axis((0, kernel_w), "kx")
     word = te.reduce_axis((0, words(in_channels)), "word")
 
+    bipolar = is_bipolar_pair(act, wgt)
+
     def output(n, y, x, o):
         row, col, inside = window.tap(y, x, ky, kx)
-        term = word_dot(
-            lambda i: data[n, row, col, i, word],
-            lambda j: weight[o, ky, kx, j, word],
-            act,
-            wgt,
-            in_channels,
-            word,
-        )
+        if bipolar:
+            term = mismatches(data[n, row, col, 0, word], weight[o, ky, kx, 0, word])
+        else:
+            term = word_dot(
+                lambda i: data[n, row, col, i, word],
+                lambda j: weight[o, ky, kx, j, word],
+                act,
+                wgt,
+                in_channels,
+                word,
+            )
         if inside is not None:
             term = tirx.if_then_else(inside, term, 0)
         return te.sum(term, axis=[ky, kx, word])
 
-    return te.compute((batch, *window.out_size, out_channels), output, name="bitserial_conv2d")
+    out = te.compute((batch, *window.out_size, out_channels), output, name="bitserial_conv2d")
+    if not bipolar:
+        return out
+    return bipolar_dot(out, lambda n, y, x, o: in_channels * window.taps_inside(y, x))
 

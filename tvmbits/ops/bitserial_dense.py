@@ -8,7 +8,7 @@ output `[N, O]` int32, exactly Σ_k value_a[n, k] · value_w[o, k].
 from tvm import te
 
 from tvmbits.ops.bitpack import check_packed, words
-from tvmbits.ops.bitserial_term import word_dot
+from tvmbits.ops.bitserial_term import bipolar_dot, is_bipolar_pair, mismatches, word_dot
 from tvmbits.ops.encoding import Encoding
 
 
@@ -36,10 +36,16 @@ def bitserial_dense(
     check_packed(weight, wgt, in_features, "weight")
     word = te.reduce_axis((0, words(in_features)), "word")
 
+    bipolar = is_bipolar_pair(act, wgt)
+
     def output(n, o):
-        term = word_dot(
-            lambda i: data[n, i, word], lambda j: weight[o, j, word], act, wgt, in_features, word
-        )
+        if bipolar:
+            term = mismatches(data[n, 0, word], weight[o, 0, word])
+        else:
+            term = word_dot(
+                lambda i: data[n, i, word], lambda j: weight[o, j, word], act, wgt, in_features, word
+            )
         return te.sum(term, axis=word)
 
-    return te.compute((int(data.shape[0]), int(weight.shape[0])), output, name="bitserial_dense")
+    out = te.compute((int(data.shape[0]), int(weight.shape[0])), output, name="bitserial_dense")
+    return bipolar_dot(out, lambda n, o: in_features) if bipolar else out

@@ -5,7 +5,9 @@ W_j the bit planes), summed over the n real channels of a word:
 
     Σ a·w = Σ_i Σ_j c_i d_j popc(A_i ∧ W_j) + β Σ_i c_i popc(A_i) + α Σ_j d_j popc(W_j) + αβ n
 
-α, β ≠ 0 only for bipolar operands; bipolar × bipolar uses the equivalent n − 2 popc(A ⊕ W).
+α, β ≠ 0 only for bipolar operands. Bipolar × bipolar is n − 2 popc(A ⊕ W); its kernels sum
+only the mismatches popc(A ⊕ W) (`mismatches`) over the whole reduction and apply
+`bipolar_dot` once per output, which keeps one popcount and one add per word in the hot loop.
 Channel-padding bits are 0 in both operands (see `bitpack`), so every popcount sees only real
 channels and n is the only place the channel count enters.
 """
@@ -15,8 +17,26 @@ from collections.abc import Callable
 from tvm import te, tirx
 from tvm.ir import Expr
 
-from tvmbits.ops.bitpack import WORD_BITS
 from tvmbits.ops.encoding import Encoding
+
+
+def is_bipolar_pair(act: Encoding, wgt: Encoding) -> bool:
+    return act.kind == wgt.kind == "bipolar"
+
+
+def mismatches(a_word: Expr, w_word: Expr) -> Expr:
+    """int32 popc(A ⊕ W): the channels of one word where ±1 activation and weight differ."""
+    return tirx.popcount(a_word ^ w_word).astype("int32")
+
+
+def bipolar_dot(mismatch_sum: te.Tensor, matches_possible) -> te.Tensor:
+    """Σ a·w = n − 2·(mismatches), n = `matches_possible(*index)`: the real channels times the
+    taps inside the input (an int or an int32 expression of the output index)."""
+    return te.compute(
+        mismatch_sum.shape,
+        lambda *i: matches_possible(*i) - 2 * mismatch_sum(*i),
+        name="bipolar_dot",
+    )
 
 
 def word_dot(
@@ -45,11 +65,7 @@ def word_dot(
         return tirx.popcount(word).astype("int32")
 
     if act.kind == wgt.kind == "bipolar":
-        real = WORD_BITS
-        if channels % WORD_BITS:
-            last = channels // WORD_BITS
-            real = tirx.if_then_else(word == last, channels % WORD_BITS, WORD_BITS)
-        return real - 2 * popc(a_word(0) ^ w_word(0))
+        raise ValueError("bipolar × bipolar words are summed with `mismatches`")
     terms = [
         c * d * popc(a_word(i) & w_word(j))
         for i, c in enumerate(act.coefficients)

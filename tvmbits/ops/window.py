@@ -38,6 +38,23 @@ class Window:
         top, left, bottom, right = self.padding
         return (height + top + bottom - kh) // sh + 1, (width + left + right - kw) // sw + 1
 
+    def taps_inside(self, y, x) -> Expr | int:
+        """How many of the kernel's taps at output (y, x) read a pixel inside the input."""
+        top, left, bottom, right = self.padding
+        if not any(self.padding):
+            return self.kernel[0] * self.kernel[1]
+        return self._inside_count(y, self.strides[0], top, self.kernel[0], self.in_size[0]) * self._inside_count(
+            x, self.strides[1], left, self.kernel[1], self.in_size[1]
+        )
+
+    @staticmethod
+    def _inside_count(out_index, stride, before, kernel, size):
+        """Taps k in 0..kernel−1 with 0 ≤ out_index·stride + k − before < size."""
+        start = out_index * stride - before
+        first = tirx.max(0, -start)
+        last = tirx.min(kernel, size - start)
+        return tirx.max(last - first, 0).astype("int32")
+
     def tap(self, y, x, ky, kx) -> tuple[Expr, Expr, Expr | None]:
         """Input row and column read by output (y, x) at kernel tap (ky, kx), and the condition
         that they lie inside the input (None when no padding can put them outside)."""
