@@ -6,7 +6,7 @@ the float first layer and shortcuts of a low-bit network are not left naive), al
 FuseOps + FuseTIR put producers before it and elementwise epilogues after it. Output channels
 are split into vectors of `LANES`:
 
-- conv2d: the weights are copied once per call into `[ceil(O/LANES), KH, KW, ..., LANES]`
+- conv2d and dense: the weights are copied once per call into `[ceil(O/LANES), KH, KW, ..., LANES]`
   (zero-padded) so that a vector's weights lie side by side. A register tile holds
   PIXELS × GROUPS accumulator vectors: GROUPS (≤ 4) output-channel vectors of PIXELS
   (≤ ACCUMULATORS / GROUPS, a divisor of the output width) neighbouring pixels of one row.
@@ -14,8 +14,8 @@ are split into vectors of `LANES`:
   the reduction loops run, and within each reduction step the tile is unrolled with the lanes
   vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
   vector is loaded once per PIXELS pixels;
-- dense: the batch and the channel vectors are fused into one parallel loop; each output
-  channel accumulates in one register over the whole reduction;
+- dense: the weights are copied the same way; the batch and the channel vectors are fused into
+  one parallel loop, the reduction runs inside it and the lanes are vectorised;
 - the accumulators live in a "local" buffer, initialised before the reduction loops; the
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`;
 - the epilogues are inlined into the accumulators' write-back, so the accumulation never goes
@@ -135,18 +135,15 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, tunable: boo
     spatial = _spatial_loop_count(sch, kernel)
     out_channel = sch.get(kernel).iter_vars[spatial - 1]
     lanes = min(LANES, int(out_channel.dom.extent))
-    if is_conv:
-        weight = next(
-            i
-            for i, region in enumerate(sch.get(kernel).reads)
-            if region.region[0].min.same_as(out_channel.var)
-        )
-        copy = sch.cache_read(kernel, weight, "global")
-        zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
-        sch.transform_layout(
-            kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
-        )
-        _parallelize(sch, copy)
+    weight = next(
+        i for i, region in enumerate(sch.get(kernel).reads) if region.region[0].min.same_as(out_channel.var)
+    )
+    copy = sch.cache_read(kernel, weight, "global")
+    zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
+    sch.transform_layout(
+        kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
+    )
+    _parallelize(sch, copy)
     write_back = sch.cache_write(kernel, 0, "local")
     for epilogue in blocks[index + 1 :]:
         try:
@@ -160,9 +157,11 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, tunable: boo
     *outer, channel = loops[:spatial]
     reduction = loops[spatial:]
     group, lane = sch.split(channel, factors=[None, lanes])
+    sch.reorder(group, *reduction, lane)
     parallel = sch.fuse(*outer, group)
     sch.parallel(parallel)
-    sch.reverse_compute_at(write_back, lane)
+    sch.reverse_compute_at(write_back, parallel)
+    sch.vectorize(lane)
     sch.decompose_reduction(kernel, reduction[0])
     _unroll(sch, reduction[-1])
 
