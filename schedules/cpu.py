@@ -6,7 +6,7 @@ the float first layer and shortcuts of a low-bit network are not left naive), al
 FuseOps + FuseTIR put producers before it and elementwise epilogues after it. Output channels
 are split into vectors of `LANES`:
 
-- conv2d and dense: the weights are copied once per call into `[ceil(O/LANES), KH, KW, ..., LANES]`
+- conv2d: the weights are copied once per call into `[ceil(O/LANES), KH, KW, ..., LANES]`
   (zero-padded) so that a vector's weights lie side by side. A register tile holds
   PIXELS × GROUPS accumulator vectors: GROUPS (≤ 4) output-channel vectors of PIXELS
   (≤ ACCUMULATORS / GROUPS, a divisor of the output width) neighbouring pixels of one row.
