@@ -19,7 +19,6 @@ Writes `layers.md` and `layers.png` into `--out`.
 
 import argparse
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,7 @@ import tvmbits
 from tvmbits import runtime
 from tvmbits.artifact import open_artifact
 from tvmbits.compiler import CompileOptions, compile_model
+from tvmbits.tuning_log import cpu_model
 
 # (input size, in channels, out channels, stride) of ResNet-18's distinct 3×3 convs
 LAYERS = [
@@ -199,14 +199,14 @@ def _plot(rows, path: Path) -> None:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], names, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("ms (log scale), batch 1")
-    ax.set_title(f"ResNet-18 3×3 conv layers on {_cpu_model()}, {os.cpu_count()} cores")
+    ax.set_title(f"ResNet-18 3×3 conv layers on {cpu_model()}, {os.cpu_count()} cores")
     ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
 def _report(rows, repeat, peak) -> str:
-    cpu = _cpu_model()
+    cpu = cpu_model()
     lines = [
         "# ResNet-18 3×3 conv layers: tvmbits vs ONNX Runtime",
         "",
@@ -253,16 +253,6 @@ def _report(rows, repeat, peak) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -25,10 +25,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 import tvmbits
-from layers import _cpu_model, time_ort
+from layers import time_ort
 from tvmbits import runtime
 from tvmbits.artifact import open_artifact
 from tvmbits.compiler import CompileOptions, compile_model
+from tvmbits.tuning_log import cpu_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 from bireal_resnet18 import build_model, make_input  # noqa: E402
@@ -118,7 +119,7 @@ def main() -> None:
     report = "\n".join([
         "# Whole ResNet-18 (batch 1, 224×224): tvmbits binarized vs ONNX Runtime",
         "",
-        f"CPU: {_cpu_model()}, {os.cpu_count()} cores; tvmbits {tvmbits.__version__} on TVM {tvm.__version__}, "
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; tvmbits {tvmbits.__version__} on TVM {tvm.__version__}, "
         f"ONNX Runtime {ort.__version__}; medians of {args.repeat} runs.",
         "",
         "| model | ms | tvmbits speed-up |",
