@@ -3,14 +3,16 @@
 data   `[N, H, W, act.bits, ceil(C/32)]` uint32, `bitpack` of NHWC activation codes;
 weight `[O, KH, KW, wgt.bits, ceil(C/32)]` uint32, `pack_bits` of OHWI weight codes;
 output `[N, OH, OW, O]` int32, exactly Σ value_a · value_w over the taps inside the input
-(bipolar × bipolar: the mismatch count summed in `bitserial_conv2d`, finished by `bipolar_dot`).
+(bipolar × bipolar: the mismatch count summed in `bitserial_conv2d`, finished by `bipolar_dot`;
+bipolar weights × multi-bit activations: the β term, β times the window's Σ a, is summed once
+per pixel by `window_offset` and added after the reduction).
 Padded taps contribute 0, also for bipolar activations (a padded pixel is value 0, not −1).
 """
 
 from tvm import te, tirx
 
 from tvmbits.ops.bitpack import check_packed, words
-from tvmbits.ops.bitserial_term import bipolar_dot, is_bipolar_pair, mismatches, word_dot
+from tvmbits.ops.bitserial_term import activation_terms, bipolar_dot, has_offset, is_bipolar_pair, mismatches, word_dot
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.window import Window
 
@@ -23,6 +25,7 @@ def bitserial_conv2d_nhwc(
     wgt: Encoding,
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
+    offset: te.Tensor | None = None,
 ) -> te.Tensor:
     """Exact integer conv2d of packed codes (layouts in the module docstring).
 
@@ -38,6 +41,10 @@ def bitserial_conv2d_nhwc(
         (sh, sw).
     padding : (int, int, int, int)
         (top, left, bottom, right) zero padding.
+    offset : te.Tensor, optional
+        `window_offset` of the same data, computed beforehand (the compiler emits it as its own
+        function, so the kernel's epilogue reads it as an input); computed here when None.
+        Used only for bipolar weights with multi-bit activations.
 
     Returns
     -------
@@ -53,7 +60,6 @@ def bitserial_conv2d_nhwc(
     ky = te.reduce_axis((0, kernel_h), "ky")
     kx = te.reduce_axis((0, kernel_w), "kx")
     word = te.reduce_axis((0, words(in_channels)), "word")
-
     bipolar = is_bipolar_pair(act, wgt)
 
     def output(n, y, x, o):
@@ -62,19 +68,44 @@ def bitserial_conv2d_nhwc(
             term = mismatches(data[n, row, col, 0, word], weight[o, ky, kx, 0, word])
         else:
             term = word_dot(
-                lambda i: data[n, row, col, i, word],
-                lambda j: weight[o, ky, kx, j, word],
-                act,
-                wgt,
-                in_channels,
-                word,
+                lambda i: data[n, row, col, i, word], lambda j: weight[o, ky, kx, j, word], act, wgt
             )
         if inside is not None:
             term = tirx.if_then_else(inside, term, 0)
         return te.sum(term, axis=[ky, kx, word])
 
     out = te.compute((batch, *window.out_size, out_channels), output, name="bitserial_conv2d")
-    if not bipolar:
+    if bipolar:
+        return bipolar_dot(out, lambda n, y, x, o: in_channels * window.taps_inside(y, x))
+    if not has_offset(act, wgt):
         return out
-    return bipolar_dot(out, lambda n, y, x, o: in_channels * window.taps_inside(y, x))
+    if offset is None:
+        offset = window_offset(data, in_channels, act, wgt, (kernel_h, kernel_w), strides, padding)
+    return te.compute(out.shape, lambda n, y, x, o: out[n, y, x, o] + offset[n, y, x], name="bitserial_add_offset")
 
+
+def window_offset(
+    data: te.Tensor,
+    in_channels: int,
+    act: Encoding,
+    wgt: Encoding,
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+) -> te.Tensor:
+    """int32 `[N, OH, OW]`: β · Σ value_a over each output's window (taps inside the input, real
+    channels); the part of the conv that does not depend on the output channel, summed once
+    per pixel instead of once per output channel."""
+    batch, height, width, _, _ = (int(d) for d in data.shape)
+    window = Window.of((height, width), kernel, strides, padding)
+    taps = [te.reduce_axis((0, size), name) for size, name in zip(window.kernel, ("ty", "tx"))]
+    word = te.reduce_axis((0, words(int(in_channels))), "tw")
+
+    def window_sum(n, y, x):
+        row, col, inside = window.tap(y, x, *taps)
+        term = wgt.offset * activation_terms(lambda i: data[n, row, col, i, word], act)
+        if inside is not None:
+            term = tirx.if_then_else(inside, term, 0)
+        return te.sum(term, axis=[*taps, word])
+
+    return te.compute((batch, *window.out_size), window_sum, name="bitserial_offset")

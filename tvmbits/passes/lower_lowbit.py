@@ -22,8 +22,9 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
-from tvmbits.ops.bitserial_dense import bitserial_dense
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, window_offset
+from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
+from tvmbits.ops.bitserial_term import has_offset
 from tvmbits.ops.quantize import binarize, quantize
 from tvmbits.ops.subbyte import pack_subbyte, subbyte_pack
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
@@ -73,11 +74,15 @@ class _Rewriter(PyExprMutator):
             weight = relax.const(pack_subbyte(weight_codes, plan.wgt.bits))
             kernel = subbyte_conv2d_nhwc if layer.op == "conv2d" else subbyte_dense
         conv_args = (layer.attrs["strides"], layer.attrs["padding"]) if layer.op == "conv2d" else ()
+        inputs = [packed, weight]
+        if plan.kernel == "bitserial" and has_offset(plan.act, plan.wgt):
+            # its own function, so that FuseOps hands it to the kernel as an input its epilogue reads
+            inputs.append(self.builder_.emit_te(self._offset(plan, channels, conv_args), packed,
+                                                primfunc_name_hint="bitserial_offset"))
         # emit_te passes only tensors and plain numbers through; bind the rest here
         acc = self.builder_.emit_te(
-            lambda data, weight: kernel(data, weight, channels, plan.act, plan.wgt, *conv_args),
-            packed,
-            weight,
+            lambda data, weight, *offset: kernel(data, weight, channels, plan.act, plan.wgt, *conv_args, *offset),
+            *inputs,
             primfunc_name_hint=name,
             primfunc_attrs=OUT_EWISE_FUSABLE,
         )
@@ -88,6 +93,13 @@ class _Rewriter(PyExprMutator):
         if np.all(scale == 1):
             return out
         return relax.op.multiply(self.builder_.emit(out), relax.const(scale))
+
+    @staticmethod
+    def _offset(plan: LayerPlan, channels: int, conv_args: tuple):
+        if plan.layer.op == "dense":
+            return lambda data: row_offset(data, channels, plan.act, plan.wgt)
+        kernel_size = plan.layer.weight.shape[1:3]
+        return lambda data: window_offset(data, channels, plan.act, plan.wgt, kernel_size, *conv_args)
 
     def _codes(self, plan: LayerPlan) -> relax.Expr:
         if plan.layer.sign_of is not None and plan.act.kind == "bipolar":
