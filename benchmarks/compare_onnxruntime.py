@@ -36,10 +36,10 @@ def time_onnxruntime(path: str, feeds: dict, repeat: int) -> tuple[float, list[n
 def time_tvmbits(artifact: str, feeds: dict, repeat: int) -> tuple[float, list[np.ndarray]]:
     art = open_artifact(artifact)
     session = runtime.Session.open()
-    vm = session.load(str(art.library))
+    loaded = session.load(art.library)
     args = [feeds[spec["name"]] for spec in art.metadata["inputs"]]
-    outputs = runtime.run(session, vm, args)
-    times = runtime.time(session, vm, args, number=1, repeat=repeat, min_repeat_ms=0)
+    outputs = runtime.run(session, loaded, args)
+    times = runtime.time(session, loaded, args, number=1, repeat=repeat)
     return float(np.median(times)), outputs
 
 
