@@ -22,6 +22,10 @@ from tvmbits.errors import UserError
 from tvmbits.passes.pipeline import fuse
 from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
 
+# The design spaces are small (tens of points): a population of 512 and 50 new candidates per
+# round, MetaSchedule's defaults, cannot be met once a space is nearly measured, and the search
+# then spins for minutes per round instead of ending.
+SEARCH = dict(population_size=64, init_min_unmeasured=1, max_fail_count=2, genetic_num_iters=2)
 BUILD_TIMEOUT = 60.0  # seconds for one candidate's build
 
 
@@ -59,7 +63,7 @@ def tune_model(
             space_generator=ms.space_generator.ScheduleFn(
                 _design_space, sch_rules=[], postprocs=[], mutator_probs={ms.mutator.MutateTileSize(): 1.0}
             ),
-            search_strategy="evolutionary",
+            search_strategy=ms.search_strategy.EvolutionarySearch(**SEARCH),
             task_name=task.task_name,
             rand_state=index,
             num_threads=os.cpu_count(),
@@ -81,6 +85,8 @@ def tune_model(
             measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
             task_scheduler="gradient",
         )
+    if progress.done < trials:
+        log(f"tune: stopped after {progress.done} trials: every candidate of these design spaces is measured")
     return len(tasks)
 
 
