@@ -9,7 +9,9 @@ are split into vectors of `LANES`:
 - conv2d: the weights are copied once per call into `[ceil(O/LANES), KH, KW, ..., LANES]`
   (zero-padded) so that a vector's weights lie side by side. A register tile holds
   PIXELS × GROUPS accumulator vectors: GROUPS (≤ 4) output-channel vectors of PIXELS
-  (≤ ACCUMULATORS / GROUPS, a divisor of the output width) neighbouring pixels of one row.
+  neighbouring pixels of one row (a divisor of the output width), PIXELS × GROUPS ≤ the
+  target's `accumulator_vectors` (half its vector register file: 16 with AVX-512, 4 with AVX2
+  or AArch64 NEON, 2 with Armv7 NEON).
   The batch, rows, column blocks and channel blocks are fused into one parallel loop; inside it
   the reduction loops run, and within each reduction step the tile is unrolled with the lanes
   vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
@@ -34,12 +36,13 @@ import numpy as np
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.target import Target
+from tvm.target.codegen import target_has_features
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc")
 PACKS = ("bitpack", "subbyte_pack")
 LANES = 16
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
-ACCUMULATORS = 16  # accumulator vectors in a register tile (AVX-512 and NEON have 32 registers)
+MAX_PIXELS = 4  # LLVM can take minutes to allocate registers for much larger unrolled tiles
 UNROLL = 8
 TRANSPOSE_TILE = 16
 MIN_PARALLEL = 4096  # points below which a loop nest is not worth waking the thread pool
@@ -55,7 +58,7 @@ class LowBitCPU(dlight.ScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        return sch if schedule_lowbit(sch, tunable) else None
+        return sch if schedule_lowbit(sch, target, tunable) else None
 
 
 def is_tunable(func: tirx.PrimFunc) -> bool:
@@ -63,7 +66,24 @@ def is_tunable(func: tirx.PrimFunc) -> bool:
     return sum(block.name_hint in KERNELS for block in _root_blocks(func)) == 1
 
 
-def schedule_lowbit(sch: s_tir.Schedule, tunable: bool = False) -> bool:
+def accumulator_vectors(target: Target) -> int:
+    """LANES-wide int32 accumulator vectors a register tile may hold on `target`: half of its
+    vector register file (the other half holds weights and broadcast activations)."""
+    triple = str(target.attrs.get("mtriple", ""))
+    if triple.startswith("aarch64"):
+        registers, bits = 32, 128
+    elif triple.startswith("arm"):
+        registers, bits = 16, 128
+    elif target_has_features("avx512f", target):
+        registers, bits = 32, 512
+    elif target_has_features("avx2", target):
+        registers, bits = 16, 256
+    else:
+        registers, bits = 16, 128
+    return max(1, registers * bits // 32 // 2 // LANES)
+
+
+def schedule_lowbit(sch: s_tir.Schedule, target: Target, tunable: bool = False) -> bool:
     """Schedule `sch` in place as the module docstring says; False (untouched) when it holds
     neither one kernel nor a packing op. With `tunable`, the conv register tile (channel vectors
     and pixels) is sampled with `sample_perfect_tile`: the design space MetaSchedule searches."""
@@ -71,7 +91,7 @@ def schedule_lowbit(sch: s_tir.Schedule, tunable: bool = False) -> bool:
     names = [sch.get(block).name_hint for block in blocks]
     kernels = [i for i, name in enumerate(names) if name in KERNELS]
     if len(kernels) == 1:
-        _schedule_kernel(sch, blocks, kernels[0], tunable)
+        _schedule_kernel(sch, blocks, kernels[0], accumulator_vectors(target), tunable)
         return True
     packs = [i for i, name in enumerate(names) if name in PACKS]
     if not kernels and packs:
@@ -127,7 +147,7 @@ def _tile_transpose(sch: s_tir.Schedule, block) -> bool:
     return True
 
 
-def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, tunable: bool) -> None:
+def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, budget: int, tunable: bool) -> None:
     kernel = blocks[index]
     is_conv = "conv2d" in sch.get(kernel).name_hint
     for producer in blocks[:index]:
@@ -151,7 +171,7 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, tunable: boo
         except s_tir.ScheduleError:
             _parallelize(sch, epilogue)
     if is_conv:
-        _tile_conv(sch, kernel, write_back, lanes, tunable)
+        _tile_conv(sch, kernel, write_back, lanes, budget, tunable)
         return
     loops = sch.get_loops(kernel)
     *outer, channel = loops[:spatial]
@@ -166,18 +186,17 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, tunable: boo
     _unroll(sch, reduction[-1])
 
 
-def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, tunable: bool) -> None:
-    """Register tile of PIXELS × GROUPS × lanes accumulators (see the module docstring)."""
+def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int, tunable: bool) -> None:
+    """Register tile of PIXELS × GROUPS vectors of `lanes` accumulators, at most `budget` vectors
+    by default (see the module docstring)."""
     n, y, x, channel, *reduction = sch.get_loops(kernel)
     vectors, lane = sch.split(channel, factors=[None, lanes])
     if tunable:
-        # both at most 4: a tile of more than ACCUMULATORS vectors spills, and LLVM can take
-        # minutes to allocate registers for it
-        groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=GROUPS)
-        pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=ACCUMULATORS // GROUPS)
+        groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))
+        pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=min(MAX_PIXELS, budget))
     else:
-        groups = [None, _largest_divisor(int(sch.get(vectors).extent), GROUPS)]
-        pixels = [None, _largest_divisor(int(sch.get(x).extent), ACCUMULATORS // groups[1])]
+        groups = [None, _largest_divisor(int(sch.get(vectors).extent), min(GROUPS, budget))]
+        pixels = [None, _largest_divisor(int(sch.get(x).extent), min(MAX_PIXELS, budget // groups[1]))]
     outer, group = sch.split(vectors, factors=groups)
     x_outer, pixel = sch.split(x, factors=pixels)
     sch.reorder(x_outer, outer, *reduction, pixel, group, lane)

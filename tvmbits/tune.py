@@ -7,6 +7,7 @@ XGBoost cost model, measured on this machine or on boards from a TVM tracker, an
 a tuning log (`tuning_log.py`) as each measurement finishes.
 """
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -61,7 +62,10 @@ def tune_model(
             mod=task.dispatched[0],
             target=target,
             space_generator=ms.space_generator.ScheduleFn(
-                _design_space, sch_rules=[], postprocs=[], mutator_probs={ms.mutator.MutateTileSize(): 1.0}
+                functools.partial(schedule_lowbit, target=target, tunable=True),
+                sch_rules=[],
+                postprocs=[],
+                mutator_probs={ms.mutator.MutateTileSize(): 1.0},
             ),
             search_strategy=ms.search_strategy.EvolutionarySearch(**SEARCH),
             task_name=task.task_name,
@@ -88,10 +92,6 @@ def tune_model(
     if progress.done < trials:
         log(f"tune: stopped after {progress.done} trials: every candidate of these design spaces is measured")
     return len(tasks)
-
-
-def _design_space(sch: tvm.s_tir.Schedule) -> None:
-    schedule_lowbit(sch, tunable=True)
 
 
 def _builder(profile) -> ms.builder.Builder:
