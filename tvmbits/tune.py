@@ -62,7 +62,7 @@ def tune_model(
             mod=task.dispatched[0],
             target=target,
             space_generator=ms.space_generator.ScheduleFn(
-                functools.partial(schedule_lowbit, target=target, tunable=True),
+                functools.partial(_design_space, target=target),
                 sch_rules=[],
                 postprocs=[],
                 mutator_probs={ms.mutator.MutateTileSize(): 1.0},
@@ -92,6 +92,11 @@ def tune_model(
     if progress.done < trials:
         log(f"tune: stopped after {progress.done} trials: every candidate of these design spaces is measured")
     return len(tasks)
+
+
+def _design_space(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> None:
+    """The default schedule with its tile sampled (MetaSchedule wants None back, not a flag)."""
+    schedule_lowbit(sch, target, tunable=True)
 
 
 def _builder(profile) -> ms.builder.Builder:
