@@ -3,7 +3,8 @@
 A tuning log is a folder: MetaSchedule's JSON database (`database_workload.json`,
 `database_tuning_record.json`, one JSON value per line, appended as each measurement
 finishes, so an interrupted or killed run keeps every finished measurement and a rerun starts
-from them) and `tuned_on.json` (profile, CPU model, cores, TVM version of the last run).
+from them) and `tuned_on.json` (profile, CPU model and LLVM's name for it, cores, TVM version of the last
+run).
 A line that does not parse (a run killed mid-write, a hand edit) is dropped with a warning.
 The logs shipped with tvmbits are `tuning_logs/<profile>/` at the top of the source tree.
 """
@@ -76,6 +77,7 @@ def write_tuned_on(folder: Path, profile_name: str) -> None:
     info = {
         "profile": profile_name,
         "cpu": cpu_model(),
+        "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "tvm_version": tvm.__version__,
