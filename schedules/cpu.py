@@ -12,7 +12,8 @@ are split into vectors of `LANES`:
   neighbouring pixels of one row (a divisor of the output width), PIXELS × GROUPS ≤ the
   target's `accumulator_vectors` (half its vector register file: 16 with AVX-512, 4 with AVX2
   or AArch64 NEON, 2 with Armv7 NEON).
-  The batch, rows, column blocks and channel blocks are fused into one parallel loop; inside it
+  Channel blocks, batch, rows and column blocks are fused into one parallel loop (in that order,
+  so that one core works through one block of weights); inside it
   the reduction loops run, and within each reduction step the tile is unrolled with the lanes
   vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
   vector is loaded once per PIXELS pixels;
@@ -199,8 +200,9 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
         pixels = [None, _largest_divisor(int(sch.get(x).extent), min(MAX_PIXELS, budget // groups[1]))]
     outer, group = sch.split(vectors, factors=groups)
     x_outer, pixel = sch.split(x, factors=pixels)
-    sch.reorder(x_outer, outer, *reduction, pixel, group, lane)
-    parallel = sch.fuse(n, y, x_outer, outer)
+    # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
+    sch.reorder(outer, n, y, x_outer, *reduction, pixel, group, lane)
+    parallel = sch.fuse(outer, n, y, x_outer)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
     sch.vectorize(lane)  # before decompose_reduction, which needs the init to move first
