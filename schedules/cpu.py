@@ -1,10 +1,10 @@
 """Default CPU schedules, as dlight rules (a sound start, not tuned).
 
 `LowBitCPU` schedules a PrimFunc holding exactly one kernel block (`bitserial_conv2d`,
-`bitserial_dense`, `subbyte_conv2d`, `subbyte_dense`, and TOPI's float `conv2d_nhwc`, so that
-the float first layer and shortcuts of a low-bit network are not left naive), also after
-FuseOps + FuseTIR put producers before it and elementwise epilogues after it. Output channels
-are split into vectors of `LANES`:
+`bitserial_dense`, `subbyte_conv2d`, `subbyte_dense`, and TOPI's float `conv2d_nhwc` and
+`matmul`, so that the float first layer, shortcuts and classifier of a low-bit network are not
+left naive), also after FuseOps + FuseTIR put producers before it and elementwise epilogues
+after it. Output channels are split into vectors of `LANES`:
 
 - conv2d: the weights are copied once per call into `[ceil(O/LANES), KH, KW, ..., LANES]`
   (zero-padded) so that a vector's weights lie side by side. A register tile holds
@@ -17,8 +17,9 @@ are split into vectors of `LANES`:
   the reduction loops run, and within each reduction step the tile is unrolled with the lanes
   vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
   vector is loaded once per PIXELS pixels;
-- dense: the weights are copied the same way; the batch and the channel vectors are fused into
-  one parallel loop, the reduction runs inside it and the lanes are vectorised;
+- dense: the weights are copied the same way (a float matmul's `[K, O]` weight, already
+  channel-contiguous, is read as it is); the batch and the channel vectors are fused into one
+  parallel loop, the reduction runs inside it and the lanes are vectorised;
 - the accumulators live in a "local" buffer, initialised before the reduction loops; the
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`;
 - the epilogues are inlined into the accumulators' write-back, so the accumulation never goes
@@ -39,7 +40,7 @@ from tvm.s_tir import dlight
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc")
+KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
 PACKS = ("bitpack", "subbyte_pack")
 LANES = 16
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
@@ -156,15 +157,15 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, budget: int,
     spatial = _spatial_loop_count(sch, kernel)
     out_channel = sch.get(kernel).iter_vars[spatial - 1]
     lanes = min(LANES, int(out_channel.dom.extent))
-    weight = next(
-        i for i, region in enumerate(sch.get(kernel).reads) if region.region[0].min.same_as(out_channel.var)
-    )
-    copy = sch.cache_read(kernel, weight, "global")
-    zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
-    sch.transform_layout(
-        kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
-    )
-    _parallelize(sch, copy)
+    reads = sch.get(kernel).reads
+    weight = next(i for i, read in enumerate(reads) if any(r.min.same_as(out_channel.var) for r in read.region))
+    if reads[weight].region[0].min.same_as(out_channel.var):  # [O, ...]: regroup by LANES channels
+        copy = sch.cache_read(kernel, weight, "global")
+        zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
+        sch.transform_layout(
+            kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
+        )
+        _parallelize(sch, copy)
     write_back = sch.cache_write(kernel, 0, "local")
     for epilogue in blocks[index + 1 :]:
         try:

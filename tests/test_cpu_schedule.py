@@ -201,3 +201,20 @@ def test_other_functions_run_in_parallel_above_a_size(shape, parallel):
     out = tvm.runtime.tensor(np.zeros(shape[::-1], "float32"))
     tvm.compile(mod, target=X86)(tvm.runtime.tensor(data), out)
     np.testing.assert_array_equal(out.numpy(), data.T)
+
+
+def test_float_matmul_with_channel_contiguous_weights_is_vectorised_and_exact():
+    """A float classifier (`matmul` by a [K, O] weight) vectorises over O without regrouping."""
+    rng = np.random.default_rng(6)
+    a = rng.integers(-8, 8, (2, 70)).astype(np.float32)
+    b = rng.integers(-8, 8, (70, 37)).astype(np.float32)
+    x, w = te.placeholder(a.shape, "float32", "x"), te.placeholder(b.shape, "float32", "w")
+    k = te.reduce_axis((0, 70), "k")
+    out = te.compute((2, 37), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
+    mod = schedule(tvm.IRModule({"main": te.create_prim_func([x, w, out])}), X86)
+    func = mod["main"]
+    assert "T.vectorized(" in func.script() and "T.parallel(" in func.script()
+    assert [b.scope() for b in func.body.block.alloc_buffers] == ["local"]  # no weight copy
+    result = tvm.runtime.tensor(np.zeros((2, 37), "float32"))
+    tvm.compile(mod, target=X86)(tvm.runtime.tensor(a), tvm.runtime.tensor(b), result)
+    np.testing.assert_array_equal(result.numpy(), a @ b)
