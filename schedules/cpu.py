@@ -36,7 +36,7 @@ the rest (pooling, dense float layers) just runs its outer loops in parallel.
 
 import numpy as np
 from tvm import s_tir, tirx
-from tvm.s_tir import dlight
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
@@ -50,11 +50,8 @@ TRANSPOSE_TILE = 16
 MIN_PARALLEL = 4096  # points below which a loop nest is not worth waking the thread pool
 
 
-class LowBitCPU(dlight.ScheduleRule):
+class LowBitCPU(CPUScheduleRule):
     """The default schedule of the low-bit kernels and packing ops on LLVM (CPU) targets."""
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -107,13 +104,10 @@ def _root_blocks(func: tirx.PrimFunc) -> list:
     return [sch.get(block) for block in sch.get_child_blocks(sch.get_sblock("root"))]
 
 
-class ParallelCPU(dlight.ScheduleRule):
+class ParallelCPU(CPUScheduleRule):
     """Every other PrimFunc on LLVM targets (layout transposes, pooling, float layers): the
     leading data-parallel loops of each of its loop nests run in parallel, the innermost stays a
     plain loop for LLVM to vectorise; nests of fewer than MIN_PARALLEL points stay serial."""
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):

@@ -90,12 +90,10 @@ def compile_model(
 ) -> dict:
     """Compile `model_path` into the artifact `output`; returns the artifact's metadata."""
     lowered = lower_model(model_path, options, log)
-    mod, plans, imported, profile, target, source = (
-        lowered.mod, lowered.plans, lowered.imported, lowered.profile, lowered.target, lowered.source
-    )
+    profile, target = lowered.profile, lowered.target
     log(f"building for {profile.name} ({target.kind.name})")
     database, log_path = _tuning_database(options, profile, log)
-    mod = schedule(mod, target, database)
+    mod = schedule(lowered.mod, target, database)
     with target:
         executable = tvm.compile(mod, target=target, relax_pipeline=lower_pipeline(target))
     metadata = {
@@ -105,10 +103,10 @@ def compile_model(
         "arch": profile.arch,
         "device": profile.device,
         "target": str(target),
-        "source": Path(source).name,
-        "inputs": [spec.to_json() for spec in imported.inputs],
-        "outputs": [spec.to_json() for spec in imported.outputs],
-        "layers": [plan.to_json() for plan in plans],
+        "source": Path(lowered.source).name,
+        "inputs": [spec.to_json() for spec in lowered.imported.inputs],
+        "outputs": [spec.to_json() for spec in lowered.imported.outputs],
+        "layers": [plan.to_json() for plan in lowered.plans],
         "tuning_log": log_path,
     }
     with tempfile.TemporaryDirectory(prefix="tvmbits-") as tmp:

@@ -79,21 +79,23 @@ class Session:
         """The device's CPU architecture as `uname -m` prints it; None when the board cannot say."""
         if self.remote is None:
             return platform.machine()
-        try:
-            ask = self.remote.get_function(profiler.MACHINE)
-        except Exception:  # a plain TVM rpc_server: no such function
-            return None
-        return str(self._call("asking its architecture", ask))
+        return self._ask(profiler.MACHINE, "asking its architecture")
 
     def versions(self) -> dict | None:
         """{"tvm": ..., "tvmbits": ...} installed on the device; None when the board cannot say."""
         if self.remote is None:
             return json.loads(profiler.versions())
+        answer = self._ask(profiler.VERSIONS, "asking its versions")
+        return None if answer is None else json.loads(answer)
+
+    def _ask(self, name: str, what: str) -> str | None:
+        """The board's answer to its function `name`; None when it has none (a plain TVM
+        rpc_server, or a board with an older tvmbits)."""
         try:
-            ask = self.remote.get_function(profiler.VERSIONS)
-        except Exception:  # a plain TVM rpc_server, or a board with an older tvmbits
+            ask = self.remote.get_function(name)
+        except Exception:
             return None
-        return json.loads(str(self._call("asking its versions", ask)))
+        return str(self._call(what, ask))
 
     def device(self, kind: str) -> tvm.runtime.Device:
         if kind not in ("cpu", "cuda"):

@@ -18,6 +18,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from tvmbits import tuning_log
+from tvmbits.board.serve import address
 from tvmbits.compiler import CompileOptions, lower_model
 from tvmbits.errors import UserError
 from tvmbits.passes.pipeline import fuse
@@ -44,6 +45,7 @@ def tune_model(
     in all, appending to the tuning log `log_dir`; returns the number of tasks."""
     if trials < 1:
         raise UserError(f"--trials {trials}: must be at least 1")
+    runner = _runner(tracker, key, timeout)  # a bad --tracker fails before the slow lowering
     lowered = lower_model(model_path, options, log)
     target = lowered.target
     mod = fuse(lowered.mod, target)
@@ -83,7 +85,7 @@ def tune_model(
             max_trials_global=trials,
             num_trials_per_iter=min(16, trials),
             builder=_builder(lowered.profile),
-            runner=_runner(tracker, key, timeout),
+            runner=runner,
             database=database,
             cost_model="xgb",
             measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
@@ -123,11 +125,9 @@ def _runner(tracker: str | None, key: str | None, timeout: float) -> ms.runner.R
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
     if not tracker:
         return ms.runner.LocalRunner(evaluator_config=evaluator)
-    host, _, port = tracker.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--tracker {tracker}: expected HOST:PORT")
+    host, port = address("--tracker", tracker)
     config = ms.runner.RPCConfig(
-        tracker_host=host, tracker_port=int(port), tracker_key=key, session_timeout_sec=int(timeout)
+        tracker_host=host, tracker_port=port, tracker_key=key, session_timeout_sec=int(timeout)
     )
     return ms.runner.RPCRunner(config, evaluator_config=evaluator)
 
