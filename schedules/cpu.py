@@ -7,16 +7,20 @@ left naive), also after FuseOps + FuseTIR put producers before it and elementwis
 after it. Output channels are split into vectors of `LANES`:
 
 - conv2d: the weights are copied once per call into `[ceil(O/LANES), KH, KW, ..., LANES]`
-  (zero-padded) so that a vector's weights lie side by side. A register tile holds
-  PIXELS × GROUPS accumulator vectors: GROUPS (≤ 4) output-channel vectors of PIXELS
-  neighbouring pixels of one row (a divisor of the output width), PIXELS × GROUPS ≤ the
-  target's `accumulator_vectors` (half its vector register file: 16 with AVX-512, 4 with AVX2
-  or AArch64 NEON, 2 with Armv7 NEON).
-  Channel blocks, batch, rows and column blocks are fused into one parallel loop (in that order,
-  so that one core works through one block of weights); inside it
+  (zero-padded) so that a vector's weights lie side by side (the sub-byte weights come blocked
+  so). A register tile holds ROWS × PIXELS × GROUPS accumulator vectors: GROUPS (≤ 4)
+  output-channel vectors of a ROWS × PIXELS block of output pixels (divisors of the output
+  height and width, ≤ MAX_PIXELS pixels), at most the target's `accumulator_vectors` (half
+  its vector register file: 16 with AVX-512, 4 with AVX2 or AArch64 NEON, 2 with Armv7 NEON;
+  `_register_tile` picks the largest, so a 7×7 output gets 7 × 1 pixels × 2 vectors).
+  Channel blocks, batch, row and column blocks are fused into one parallel loop (in that
+  order, so that one core works through one block of weights); inside it
   the reduction loops run, and within each reduction step the tile is unrolled with the lanes
   vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
-  vector is loaded once per PIXELS pixels;
+  vector is loaded once per ROWS × PIXELS pixels;
+- sub-byte kernels: the input channels are split by DOT (4) inside the lanes, and on a CPU with
+  AVX512-VNNI each lane × DOT step is tensorized into one `vpdpbusd` (`vnni.py`); elsewhere
+  the DOT products are unrolled and the lanes vectorised;
 - dense: the weights are copied the same way (a float matmul's `[K, O]` weight, already
   channel-contiguous, is read as it is); the batch and the channel vectors are fused into one
   parallel loop, the reduction runs inside it and the lanes are vectorised;
@@ -24,8 +28,9 @@ after it. Output channels are split into vectors of `LANES`:
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`;
 - the epilogues are inlined into the accumulators' write-back, so the accumulation never goes
   to memory; an epilogue that cannot be inlined stays a parallel loop nest of its own;
-- producers (padding, packing) stay whole, each a parallel loop nest: inlining them into the
-  kernel would redo them once per output channel.
+- producers (padding, packing, unpacking nibbles) stay whole, each a parallel loop nest with a
+  plain innermost loop for LLVM to vectorise: inlining them into the kernel would redo them
+  once per output channel.
 
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize) inlined into the packing and its loops parallelised.
@@ -40,11 +45,14 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
+from tvmbits.ops.subbyte import BLOCK, DOT
+from tvmbits.schedules.vnni import DOT_16x4, has_vnni
+
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
 PACKS = ("bitpack", "subbyte_pack")
-LANES = 16
+LANES = BLOCK  # int32 accumulators per vector; the sub-byte weights come blocked by it
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
-MAX_PIXELS = 4  # LLVM can take minutes to allocate registers for much larger unrolled tiles
+MAX_PIXELS = 8  # LLVM can take minutes to allocate registers for much larger unrolled tiles
 UNROLL = 8
 TRANSPOSE_TILE = 16
 MIN_PARALLEL = 4096  # points below which a loop nest is not worth waking the thread pool
@@ -90,7 +98,7 @@ def schedule_lowbit(sch: s_tir.Schedule, target: Target, tunable: bool = False) 
     names = [sch.get(block).name_hint for block in blocks]
     kernels = [i for i, name in enumerate(names) if name in KERNELS]
     if len(kernels) == 1:
-        _schedule_kernel(sch, blocks, kernels[0], accumulator_vectors(target), tunable)
+        _schedule_kernel(sch, blocks, kernels[0], target, tunable)
         return True
     packs = [i for i, name in enumerate(names) if name in PACKS]
     if not kernels and packs:
@@ -143,17 +151,17 @@ def _tile_transpose(sch: s_tir.Schedule, block) -> bool:
     return True
 
 
-def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, budget: int, tunable: bool) -> None:
+def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Target, tunable: bool) -> None:
     kernel = blocks[index]
-    is_conv = "conv2d" in sch.get(kernel).name_hint
+    name = sch.get(kernel).name_hint
     for producer in blocks[:index]:
-        _parallelize(sch, producer)
+        _parallelize(sch, producer, keep_inner=True)
     spatial = _spatial_loop_count(sch, kernel)
     out_channel = sch.get(kernel).iter_vars[spatial - 1]
     lanes = min(LANES, int(out_channel.dom.extent))
     reads = sch.get(kernel).reads
-    weight = next(i for i, read in enumerate(reads) if any(r.min.same_as(out_channel.var) for r in read.region))
-    if reads[weight].region[0].min.same_as(out_channel.var):  # [O, ...]: regroup by LANES channels
+    weight = next((i for i, read in enumerate(reads) if read.region[0].min.same_as(out_channel.var)), None)
+    if weight is not None:  # [O, ...]: regroup by LANES channels (sub-byte weights come blocked)
         copy = sch.cache_read(kernel, weight, "global")
         zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
         sch.transform_layout(
@@ -166,49 +174,99 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, budget: int,
             sch.reverse_compute_inline(epilogue)
         except s_tir.ScheduleError:
             _parallelize(sch, epilogue)
-    if is_conv:
-        _tile_conv(sch, kernel, write_back, lanes, budget, tunable)
+    dot = name.startswith("subbyte")
+    tensorize = dot and int(out_channel.dom.extent) % BLOCK == 0 and _vnni_operands(sch, kernel, target)
+    if "conv2d" in name:
+        _tile_conv(sch, kernel, write_back, lanes, accumulator_vectors(target), tunable, dot, tensorize)
         return
     loops = sch.get_loops(kernel)
     *outer, channel = loops[:spatial]
     reduction = loops[spatial:]
     group, lane = sch.split(channel, factors=[None, lanes])
-    sch.reorder(group, *reduction, lane)
+    inner = []
+    if dot:
+        reduction[-1], c_inner = sch.split(reduction[-1], factors=[None, DOT])
+        inner = [c_inner]
+    sch.reorder(group, *reduction, *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(*outer, group)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
-    sch.vectorize(lane)
-    sch.decompose_reduction(kernel, reduction[0])
+    _finish(sch, kernel, reduction, lane, inner, tensorize)
+
+
+def _lane_order(lane, inner: list, tensorize: bool) -> list:
+    """The innermost loops: the dot product's DOT inputs inside the lanes for the tensor
+    intrinsic (its operand order), outside them for plain vector code."""
+    return [lane, *inner] if tensorize else [*inner, lane]
+
+
+def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, tensorize: bool) -> None:
+    """Vectorise the lanes (or tensorize lane × DOT), split off the accumulator initialisation
+    and unroll the innermost reduction loop."""
+    if tensorize:
+        init = sch.decompose_reduction(kernel, reduction[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(lane, DOT_16x4)  # replaces lane and inner
+    else:
+        sch.vectorize(lane)  # before decompose_reduction, which needs the init to move first
+        sch.decompose_reduction(kernel, reduction[0])
+        for loop in inner:
+            sch.unroll(loop)
     _unroll(sch, reduction[-1])
 
 
-def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int, tunable: bool) -> None:
-    """Register tile of PIXELS × GROUPS vectors of `lanes` accumulators, at most `budget` vectors
-    by default (see the module docstring)."""
+def _vnni_operands(sch: s_tir.Schedule, kernel, target: Target) -> bool:
+    """Whether `target` has VNNI and the kernel multiplies uint8 data by int8 weights."""
+    dtypes = sorted(str(read.source.dtype) for read in sch.get(kernel).reads if str(read.source.dtype) != "int32")
+    return has_vnni(target) and dtypes == ["int8", "uint8"]
+
+
+def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int, tunable: bool, dot: bool,
+               tensorize: bool) -> None:
+    """Register tile of ROWS × PIXELS × GROUPS vectors of `lanes` accumulators, at most `budget`
+    vectors (see the module docstring)."""
     n, y, x, channel, *reduction = sch.get_loops(kernel)
     vectors, lane = sch.split(channel, factors=[None, lanes])
+    extents = [int(sch.get(loop).extent) for loop in (vectors, y, x)]
+    groups, rows, pixels = _register_tile(*extents, budget)
     if tunable:
-        groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))
-        pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=min(MAX_PIXELS, budget))
-    else:
-        groups = [None, _largest_divisor(int(sch.get(vectors).extent), min(GROUPS, budget))]
-        pixels = [None, _largest_divisor(int(sch.get(x).extent), min(MAX_PIXELS, budget // groups[1]))]
-    outer, group = sch.split(vectors, factors=groups)
-    x_outer, pixel = sch.split(x, factors=pixels)
+        groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))[1]
+        pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=min(MAX_PIXELS, budget))[1]
+        rows = sch.sample_categorical([1, rows], [0.5, 0.5]) if rows > 1 else 1
+    outer, group = sch.split(vectors, factors=[None, groups])
+    y_outer, row = sch.split(y, factors=[None, rows])
+    x_outer, pixel = sch.split(x, factors=[None, pixels])
+    inner = []
+    if dot:
+        reduction[-1], c_inner = sch.split(reduction[-1], factors=[None, DOT])
+        inner = [c_inner]
     # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
-    sch.reorder(outer, n, y, x_outer, *reduction, pixel, group, lane)
-    parallel = sch.fuse(outer, n, y, x_outer)
+    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *_lane_order(lane, inner, tensorize))
+    parallel = sch.fuse(outer, n, y_outer, x_outer)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
-    sch.vectorize(lane)  # before decompose_reduction, which needs the init to move first
-    sch.decompose_reduction(kernel, reduction[0])
-    sch.unroll(pixel)
-    sch.unroll(group)
-    _unroll(sch, reduction[-1])
+    _finish(sch, kernel, reduction, lane, inner, tensorize)
+    for loop in (row, pixel, group):
+        sch.unroll(loop)
 
 
-def _largest_divisor(value: int, limit: int) -> int:
-    return max(d for d in range(1, min(value, limit) + 1) if value % d == 0)
+def _register_tile(vectors: int, height: int, width: int, budget: int) -> tuple[int, int, int]:
+    """(GROUPS, ROWS, PIXELS): divisors of the channel vectors (≤ GROUPS), output rows and
+    output columns, ROWS·PIXELS ≤ MAX_PIXELS, with the most accumulators within `budget`; on a
+    tie the squarer tile (each step loads GROUPS weight vectors and ROWS·PIXELS activations for
+    their product of updates), then the one with fewer rows."""
+
+    def divisors(value: int, limit: int) -> list[int]:
+        return [d for d in range(1, min(value, limit) + 1) if value % d == 0]
+
+    tiles = [
+        (g, r, p)
+        for g in divisors(vectors, GROUPS)
+        for r in divisors(height, MAX_PIXELS)
+        for p in divisors(width, MAX_PIXELS // r)
+        if g * r * p <= budget
+    ]
+    return max(tiles, key=lambda t: (t[0] * t[1] * t[2], min(t[0], t[1] * t[2]), -t[1]))
 
 
 def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> None:

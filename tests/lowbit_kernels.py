@@ -18,18 +18,17 @@ from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
 from tvmbits.ops.bitserial_dense import bitserial_dense
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import pack_subbyte, subbyte_pack
+from tvmbits.ops.subbyte import pack_subbyte_weight, subbyte_pack
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.schedules.cpu import LowBitCPU
+from tvmbits.schedules.vnni import has_vnni
+from tvmbits.targets.profile import load
 
 TARGET = tvm.target.Target({"kind": "llvm"})
-KERNELS = {
-    ("bitserial", "conv2d"): (bitpack, pack_bits, bitserial_conv2d_nhwc),
-    ("bitserial", "dense"): (bitpack, pack_bits, bitserial_dense),
-    ("subbyte", "conv2d"): (subbyte_pack, pack_subbyte, subbyte_conv2d_nhwc),
-    ("subbyte", "dense"): (subbyte_pack, pack_subbyte, subbyte_dense),
-}
+# what `auto` runs a 2-bit × 2-bit layer on when compiling for this machine (`choose_kernel`)
+KERNEL_2x2 = "subbyte" if has_vnni(load("x86_64").tvm_target()) else "bitserial"
+KERNELS = {"bitserial": (bitserial_conv2d_nhwc, bitserial_dense), "subbyte": (subbyte_conv2d_nhwc, subbyte_dense)}
 
 
 def random_codes(rng: np.random.Generator, encoding: Encoding, shape) -> np.ndarray:
@@ -41,30 +40,54 @@ def upstream(encoding: Encoding, codes: np.ndarray) -> np.ndarray:
     return (codes if encoding.kind == "bipolar" else encoding.decode(codes)).astype("int32")
 
 
-def run(kernel: str, a_codes, w_codes, act: Encoding, wgt: Encoding, *conv_args, scheduled=True):
-    """int32 output of `kernel` ("bitserial" | "subbyte") on codes; conv2d when given
-    (strides, padding), else dense."""
-    op = "conv2d" if conv_args else "dense"
-    _, np_pack, _ = KERNELS[kernel, op]
-    w_packed = np_pack(w_codes, wgt.bits)
-    conv_args = tuple(tuple(arg) for arg in conv_args)
-    func, out_shape = _build(kernel, op, a_codes.shape, w_packed.shape, act, wgt, conv_args, scheduled)
+def run(kernel: str, a_codes, w_codes, act: Encoding, wgt: Encoding, *conv_args, scheduled=True, target=TARGET):
+    """int32 output of `kernel` ("bitserial" | "subbyte") on codes, built for `target`; conv2d
+    when given (strides, padding), else dense."""
+    func, out_shape = _build(*_signature(kernel, a_codes, w_codes, act, wgt, conv_args, scheduled, target))
     out = tvm.runtime.tensor(np.zeros(out_shape, "int32"))
-    func(tvm.runtime.tensor(upstream(act, a_codes)), tvm.runtime.tensor(w_packed), out)
+    func(tvm.runtime.tensor(upstream(act, a_codes)), tvm.runtime.tensor(pack_weight(kernel, w_codes, wgt)), out)
     return out.numpy()
 
 
+def build(kernel: str, a_codes, w_codes, act: Encoding, wgt: Encoding, *conv_args, scheduled=True, target=TARGET):
+    """The compiled module `run` would call."""
+    return _build(*_signature(kernel, a_codes, w_codes, act, wgt, conv_args, scheduled, target))[0]
+
+
+def _signature(kernel, a_codes, w_codes, act, wgt, conv_args, scheduled, target) -> tuple:
+    w_packed = pack_weight(kernel, w_codes, wgt)
+    conv_args = tuple(tuple(arg) for arg in conv_args)
+    return (kernel, a_codes.shape, w_codes.shape[0], w_packed.shape, w_packed.dtype.name,
+            act, wgt, conv_args, scheduled, target)
+
+
+def pack_weight(kernel: str, w_codes: np.ndarray, wgt: Encoding) -> np.ndarray:
+    """The weight constant the compiler makes of `w_codes` for `kernel`."""
+    if kernel == "bitserial":
+        return pack_bits(w_codes, wgt.bits)
+    return pack_subbyte_weight(wgt.decode(w_codes), wgt)
+
+
+def kernel_te(kernel: str, data: te.Tensor, weight: te.Tensor, channels: int, out_channels: int,
+              act: Encoding, wgt: Encoding, *conv_args) -> te.Tensor:
+    """`kernel`'s packing op and compute on int32 `data` (what upstream gives) and a weight
+    placeholder: conv2d when given (strides, padding), else dense."""
+    conv, dense = KERNELS[kernel]
+    compute = conv if conv_args else dense
+    if kernel == "bitserial":
+        return compute(bitpack(data, act.bits), weight, channels, act, wgt, *conv_args)
+    return compute(subbyte_pack(data, act), weight, channels, out_channels, act, wgt, *conv_args)
+
+
 @functools.cache
-def _build(kernel, op, a_shape, w_packed_shape, act, wgt, conv_args, scheduled):
-    te_pack, _, compute = KERNELS[kernel, op]
+def _build(kernel, a_shape, out_channels, w_packed_shape, w_dtype, act, wgt, conv_args, scheduled, target):
     codes = te.placeholder(a_shape, "int32", "codes")
-    dtype = "uint32" if kernel == "bitserial" else "uint8"
-    weight = te.placeholder(w_packed_shape, dtype, "weight")
-    out = compute(te_pack(codes, act.bits), weight, a_shape[-1], act, wgt, *conv_args)
+    weight = te.placeholder(w_packed_shape, w_dtype, "weight")
+    out = kernel_te(kernel, codes, weight, a_shape[-1], out_channels, act, wgt, *conv_args)
     mod = tvm.IRModule({"main": te.create_prim_func([codes, weight, out])})
     if scheduled:
-        with TARGET:
+        with target:
             mod = dlight.ApplyDefaultSchedule(LowBitCPU())(mod)
         assert mod["main"].attrs["tirx.is_scheduled"]
-    func = tvm.compile(mod, target=TARGET)
+    func = tvm.compile(mod, target=target)
     return func, tuple(int(d) for d in out.shape)

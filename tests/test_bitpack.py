@@ -1,4 +1,4 @@
-"""The packing ops: bit layout pinned by hand, TE op equal to its numpy twin."""
+"""The packing ops: bit and byte layouts pinned by hand, TE op equal to its numpy twin."""
 
 import functools
 
@@ -8,7 +8,8 @@ import tvm
 from tvm import te
 
 from tvmbits.ops.bitpack import bitpack, pack_bits
-from tvmbits.ops.subbyte import pack_subbyte, subbyte_pack
+from tvmbits.ops.encoding import Encoding
+from tvmbits.ops.subbyte import pack_subbyte_weight, subbyte_pack, weight_values
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 CHANNELS = [1, 5, 31, 32, 33, 64, 70, 100]
@@ -16,6 +17,7 @@ CHANNELS = [1, 5, 31, 32, 33, 64, 70, 100]
 
 @functools.cache
 def _built(op, shape, bits):
+    """`op(codes, bits)` built; `bits` is the Encoding for `subbyte_pack`."""
     codes = te.placeholder(shape, "int32", "codes")
     packed = op(codes, bits)
     return tvm.compile(te.create_prim_func([codes, packed]), target=TARGET), packed
@@ -43,12 +45,50 @@ def test_negative_values_pack_as_their_twos_complement_codes():
     assert run_te(bitpack, values, 3).tolist() == pack_bits(values & 7, 3).tolist()
 
 
-def test_nibble_layout_by_hand():
-    packed = pack_subbyte(np.array([1, 2, 3, -1, 5]), 4)
-    assert packed.dtype == np.uint8
-    assert packed.tolist() == [0x21, 0xF3, 0x05]  # channel 2k low, odd tail's high nibble 0
-    assert pack_subbyte(np.array([200, -3]), 8).tolist() == [200, 253]
-    assert pack_subbyte(np.array([3, 1, 2]), 2).tolist() == [0x13, 0x02]
+def test_subbyte_weight_layout_by_hand():
+    values = np.array([[1, 2, 3, -1, 5]])  # one output channel, five input channels
+    packed = pack_subbyte_weight(values, Encoding("signed", 4))
+    assert packed.dtype == np.uint8 and packed.shape == (1, 2, 16, 2)  # [O/16, C/4, 16 lanes, 4 nibbles]
+    assert packed[0, :, 0].tolist() == [[0x21, 0xF3], [0x05, 0x00]]  # channel 2j low, padding 0
+    assert not packed[0, :, 1:].any()  # output channels 1..15 are padding
+    wide = pack_subbyte_weight(np.array([[-128, 127, 3]]), Encoding("signed", 8))
+    assert wide.dtype == np.int8 and wide[0, 0, 0].tolist() == [-128, 127, 3, 0]
+    assert pack_subbyte_weight(np.array([[255]]), Encoding("unsigned", 8)).dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "encoding, values, expected",
+    [
+        (Encoding("signed", 4), [-8, 7, 0], [0, 15, 8, 8]),  # value + 8; the padded channel is 0
+        (Encoding("unsigned", 3), [0, 7, 5], [0, 7, 5, 0]),
+        (Encoding("signed", 8), [-128, 127, -1, 0, 1], [0, 255, 127, 128, 129, 128, 128, 128]),
+        (Encoding("bipolar", 1), [0, 1, 1], [0, 2, 2, 1]),  # codes in: −1 → 0, +1 → 2, 0 → 1
+    ],
+)
+def test_subbyte_pack_biases_values_into_bytes(encoding, values, expected):
+    assert run_te(subbyte_pack, np.array([values]), encoding).tolist() == [expected]
+
+
+@pytest.mark.parametrize("encoding", [Encoding("bipolar", 1), Encoding("signed", 2), Encoding("signed", 4),
+                                      Encoding("unsigned", 4), Encoding("signed", 6), Encoding("unsigned", 8)])
+def test_subbyte_weight_values_read_back_the_values(encoding):
+    lo, hi = encoding.value_range
+    values = np.random.default_rng(encoding.bits).integers(lo, hi + 1, size=(20, 3, 9))
+    if encoding.kind == "bipolar":
+        values = np.where(values >= 0, 1, -1)
+    packed = pack_subbyte_weight(values, encoding)
+    weight = te.placeholder(packed.shape, str(packed.dtype), "w")
+    out = weight_values(weight, encoding)
+    func = tvm.compile(te.create_prim_func([weight, out]), target=TARGET) if out is not weight else None
+    got = packed
+    if func is not None:
+        result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)))
+        func(tvm.runtime.tensor(packed), result)
+        got = result.numpy()
+    # [2 blocks, 3 taps, 3 channel groups, 16, 4] back to [O, taps, C]
+    unblocked = np.moveaxis(got, -2, 1).reshape(32, 3, 12)
+    assert unblocked[:20, :, :9].tolist() == values.tolist()
+    assert not unblocked[20:].any() and not unblocked[:, :, 9:].any()
 
 
 @pytest.mark.parametrize("channels", CHANNELS)
@@ -59,16 +99,6 @@ def test_te_bitpack_equals_numpy(channels, bits):
     expected = pack_bits(codes, bits)
     assert expected.shape == (2, 3, bits, -(-channels // 32))
     np.testing.assert_array_equal(run_te(bitpack, codes, bits), expected)
-
-
-@pytest.mark.parametrize("channels", CHANNELS)
-@pytest.mark.parametrize("bits", [2, 4, 5, 8])
-def test_te_subbyte_pack_equals_numpy(channels, bits):
-    rng = np.random.default_rng(channels * 10 + bits)
-    codes = rng.integers(-(1 << 8), 1 << 8, size=(3, channels))
-    expected = pack_subbyte(codes, bits)
-    assert expected.shape == (3, -(-channels // 2) if bits <= 4 else channels)
-    np.testing.assert_array_equal(run_te(subbyte_pack, codes, bits), expected)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 7])

@@ -5,7 +5,9 @@ unrolled inner loop, epilogue inlined)."""
 import numpy as np
 import pytest
 import tvm
-from lowbit_kernels import random_codes, upstream
+from functools import partial
+
+from lowbit_kernels import pack_weight, random_codes, upstream
 from tvm import relax, te, topi
 from tvm.s_tir import dlight
 
@@ -14,31 +16,36 @@ from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
 from tvmbits.ops.bitserial_dense import bitserial_dense
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import pack_subbyte, subbyte_pack
+from tvmbits.ops.subbyte import bias, subbyte_pack, weight_offset
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.schedules.cpu import LowBitCPU, ParallelCPU
 
 X86 = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 ARM64 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
-PACKING = {"bitserial": (bitpack, pack_bits), "subbyte": (subbyte_pack, pack_subbyte)}
+PACKING = {"bitserial": lambda x, act: bitpack(x, act.bits), "subbyte": subbyte_pack}
+PACK_NAMES = {"bitserial": "bitpack", "subbyte": "subbyte_pack"}
 CONV = {"bitserial": bitserial_conv2d_nhwc, "subbyte": subbyte_conv2d_nhwc}
 DENSE = {"bitserial": bitserial_dense, "subbyte": subbyte_dense}
 
 
 def lowered_module(kernel, op, a_shape, w_codes, act, wgt, conv_args, epilogue):
-    """Relax: int32 activations → pack → kernel (op_pattern 4) → `epilogue`, fused and scheduled."""
-    te_pack, np_pack = PACKING[kernel]
+    """Relax: int32 activations → pack → kernel (op_pattern 4) → `epilogue`, as the compiler
+    emits them (the sub-byte weight offset a constant), fused."""
     compute = (CONV if op == "conv2d" else DENSE)[kernel]
+    sizes = (a_shape[-1],) if kernel == "bitserial" else (a_shape[-1], w_codes.shape[0])
+    constants = [relax.const(pack_weight(kernel, w_codes, wgt))]
+    if kernel == "subbyte" and bias(act):
+        constants.append(relax.const(weight_offset(wgt.decode(w_codes), act)))
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(a_shape, "int32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            packed = bb.emit_te(te_pack, x, act.bits, primfunc_name_hint=te_pack.__name__)
+            packed = bb.emit_te(partial(PACKING[kernel], act=act), x, primfunc_name_hint=PACK_NAMES[kernel])
             acc = bb.emit_te(
-                lambda d, w: compute(d, w, a_shape[-1], act, wgt, *conv_args),
+                lambda d, *w: compute(d, *w[:1], *sizes, act, wgt, *conv_args, *w[1:]),
                 packed,
-                relax.const(np_pack(w_codes, wgt.bits)),
+                *constants,
                 primfunc_name_hint=f"{kernel}_{op}",
                 primfunc_attrs={"op_pattern": 4},
             )
@@ -118,10 +125,11 @@ def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt):
     name = f"fused_{kernel}_conv2d_cast_multiply_add_greater"
     assert scheduled[name].attrs["tirx.is_scheduled"]
     # the int32 accumulation never reaches memory: the only local buffer is the accumulator; the
-    # global ones are the weights regrouped by output-channel group (and, sub-byte, the unpacked values)
+    # global ones are the weights regrouped by output-channel group (bit-serial), or the padded
+    # input and the weights unpacked from nibbles (sub-byte)
     buffers = [(b.scope(), str(b.dtype)) for b in scheduled[name].body.block.alloc_buffers]
     assert [dtype for scope, dtype in buffers if scope == "local"] == ["int32"]
-    assert {dtype for scope, dtype in buffers if scope == "global"} == {"uint32" if kernel == "bitserial" else "int16"}
+    assert {dtype for scope, dtype in buffers if scope == "global"} == ({"uint32"} if kernel == "bitserial" else {"uint8", "int8"})
     acc = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), *conv_args).astype(np.float32)
     expected = acc * scale + bias > 0
     np.testing.assert_array_equal(run(scheduled, a, act), expected)
@@ -132,7 +140,7 @@ def test_packing_functions_are_scheduled(kernel):
     act, wgt = Encoding("unsigned", 2), Encoding("unsigned", 2)
     mod = lowered_module(kernel, "dense", (2, 40), np.ones((3, 40), int), act, wgt, (), lambda bb, acc: acc)
     scheduled = schedule(mod, X86)
-    pack = scheduled[PACKING[kernel][0].__name__]
+    pack = scheduled[PACK_NAMES[kernel]]
     assert pack.attrs["tirx.is_scheduled"]
     assert "T.parallel(" in pack.script()
 

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from compiled import run_local
+from lowbit_kernels import KERNEL_2x2
 from onnx_models import float_cnn
 from tvmbits.compiler import CompileOptions, compile_model
 from tvmbits.errors import UserError
@@ -166,7 +167,7 @@ def two_bit_model(act_type, weight_type, weight_values, opset):
 @pytest.mark.parametrize(
     "act_type,weight_type,values,opset,kernel,act,wgt",
     [
-        (TensorProto.UINT2, TensorProto.INT2, [-2, -1, 0, 1], 25, "bitserial", "unsigned2", "signed2"),
+        (TensorProto.UINT2, TensorProto.INT2, [-2, -1, 0, 1], 25, KERNEL_2x2, "unsigned2", "signed2"),
         (TensorProto.UINT4, TensorProto.UINT2, [0, 1, 2, 3], 25, "subbyte", "unsigned4", "unsigned2"),
         (TensorProto.INT4, TensorProto.INT4, list(range(-8, 8)), 21, "subbyte", "signed4", "signed4"),
     ],

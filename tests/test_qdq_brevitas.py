@@ -12,6 +12,7 @@ import brevitas.nn as qnn
 import brevitas_models as bm
 from brevitas.export import export_onnx_qcdq
 from compiled import run_local
+from lowbit_kernels import KERNEL_2x2
 from test_qdq import onnxruntime
 from tvmbits.compiler import CompileOptions, compile_model
 
@@ -44,7 +45,7 @@ def test_brevitas_qcdq_export_lowers_and_equals_onnxruntime_and_brevitas(tmp_pat
     rows = [(l["kernel"], l["origin"], l["activation"], l["weight"]) for l in meta["layers"]]
     assert rows == [
         ("subbyte", "qdq", "signed4", "signed4"),
-        ("bitserial", "qdq", "unsigned2", "signed2"),
+        (KERNEL_2x2, "qdq", "unsigned2", "signed2"),
         ("subbyte", "qdq", "signed4", "signed4"),
     ]
     assert meta["layers"][0]["found"]["weight"].startswith("signed4 narrow")

@@ -11,6 +11,7 @@ import torch
 
 import brevitas_models as bm
 from compiled import run_local
+from lowbit_kernels import KERNEL_2x2
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 from tvmbits.cli import main
@@ -48,7 +49,7 @@ def test_mixed_network_lowers_every_layer(mixed):
     rows = [(l["kernel"], l["origin"], l["activation"], l["weight"]) for l in meta["layers"]]
     assert rows == [
         ("subbyte", "qonnx", "signed4", "signed4"),
-        ("bitserial", "qonnx", "unsigned2", "signed2"),
+        (KERNEL_2x2, "qonnx", "unsigned2", "signed2"),
         ("bitserial", "qonnx", "bipolar1", "bipolar1"),
         ("bitserial", "qonnx", "bipolar1", "bipolar1"),
     ]
@@ -127,7 +128,7 @@ def test_layers_that_cannot_be_lowered_stay_float_and_exact(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     kernels = [(l["kernel"], l["abits"], l["wbits"]) for l in report["layers"]]
     assert kernels == [("float", None, None), ("subbyte", 8, 4), ("subbyte", 4, 4),
-                       ("float", None, None), ("bitserial", 2, 2)]
+                       ("float", None, None), (KERNEL_2x2, 2, 2)]
     floats = report["summary"]["float_layers"]
     assert [row["reason"] for row in floats][0] == "grouped convolution (groups=3)"
     assert floats[1]["reason"].startswith("16-bit activation")
@@ -139,4 +140,5 @@ def test_layers_that_cannot_be_lowered_stay_float_and_exact(tmp_path, capsys):
     assert shifted["found"]["activation"].startswith("unsigned8, per-tensor scale, zero point")
     lowered = report["layers"][2]
     assert lowered["weight_bytes_float"] == 8 * 8 * 9 * 4
-    assert lowered["weight_bytes_packed"] == 8 * 9 * 4  # 8 channels, two 4-bit codes a byte
+    # 8 output channels stored as a block of 16, 3×3 taps, 8 input channels two 4-bit values a byte
+    assert lowered["weight_bytes_packed"] == 16 * 9 * 8 // 2

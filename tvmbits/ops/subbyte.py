@@ -1,91 +1,144 @@
-"""Sub-byte storage of integer codes along the last (channel) axis, and reading them back.
+"""Operands of the sub-byte (byte dot-product) kernels, `subbyte_conv2d` and `subbyte_dense`.
 
-Layout: codes `[..., C]` → uint8 `[..., CB]`. For bits ≤ 4 two codes share a byte, channel 2k
-in the low nibble and 2k+1 in the high nibble (as ONNX INT4), CB = ceil(C/2), and a missing
-channel 2k+1 of an odd C is 0. For 5–8 bits a code fills a byte, CB = C. Only the low `bits`
-bits of each code are kept, so int32 signed *values* pack the same as their k-bit codes.
+The kernels multiply one byte of activation by one byte of weight and sum in int32: the shape
+of the byte dot-product instructions (x86 VNNI `vpdpbusd`: 16 int32 sums, each of 4 uint8 × int8
+products, per instruction), which the x86 schedule tensorizes when the CPU has them.
 
-`subbyte_pack` is the TE compute run on activations; `pack_subbyte` is the numpy twin used to
-pack constant weights at compile time; `value_at` is how the sub-byte kernels read a value.
+Activations (`subbyte_pack`, TE, per call): uint8 `[..., CP]`, CP = C rounded up to a multiple
+of `DOT` (4), one *biased* value per byte: u = value + `bias(act)`, bias = −(smallest value) of
+the encoding (bipolar 1, so u ∈ {0, 2}; signed k-bit 2^(k−1); unsigned 0), so u ∈ 0 … 255.
+Padding (channels up to CP, and the pixels a conv pads with) is u = bias: value 0.
+
+Weights (`pack_subbyte_weight`, numpy, at compile time): values blocked as
+`[ceil(O/16), *taps, CP/4, 16, 4]`: 16 output channels (`BLOCK`) × 4 consecutive input
+channels, 64 bytes, the weight operand of one dot-product instruction; padded output and input
+channels are value 0. Values ≤ 4 bits are stored two per byte: the block's last axis is
+`[2]`, input channel 2j in the low nibble and 2j+1 in the high nibble, as 4-bit two's
+complement (unsigned encodings: plain 4-bit), half the bytes of int8. 5–8-bit values are stored
+as int8 (uint8 for unsigned 8-bit, whose values pass 127). `weight_values` reads them back.
+
+Σ u·w = Σ value·w + bias·Σ w: the kernels subtract bias·Σ w per output channel
+(`weight_offset`); padded taps hold value 0 and need no test in the inner loop.
 """
 
 import numpy as np
 from tvm import te, tirx
-from tvm.ir import Expr
 
 from tvmbits.ops.encoding import Encoding
 
+BLOCK = 16  # output channels per weight block (int32 lanes of one 512-bit vector)
+DOT = 4  # input channels per dot product (bytes summed into one int32)
 NIBBLE = 4
 
 
-def per_byte(bits: int) -> int:
-    """Codes stored in one byte: 2 for bits ≤ 4, else 1."""
-    return 2 if bits <= NIBBLE else 1
+def bias(act: Encoding) -> int:
+    """What `subbyte_pack` adds to an activation value: −(its encoding's smallest value)."""
+    return -act.value_range[0]
 
 
-def packed_bytes(channels: int, bits: int) -> int:
-    """CB, the bytes that hold `channels` codes of `bits` bits."""
-    return -(-channels // per_byte(bits))
+def nibbles(wgt: Encoding) -> bool:
+    """Whether weights of `wgt` are stored two per byte."""
+    return wgt.bits <= NIBBLE
 
 
-def subbyte_pack(codes: te.Tensor, bits: int) -> te.Tensor:
-    """Pack the low `bits` bits of integer `codes` along the last axis (TE compute `subbyte_pack`).
+def weight_dtype(wgt: Encoding) -> str:
+    """dtype of the weight values the kernels multiply: int8, or uint8 for values above 127."""
+    return "uint8" if wgt.value_range[1] > 127 else "int8"
+
+
+def padded_channels(channels: int) -> int:
+    """CP: `channels` rounded up to a multiple of DOT."""
+    return -(-channels // DOT) * DOT
+
+
+def packed_weight_bytes(out_channels: int, taps: int, channels: int, wgt: Encoding) -> int:
+    """Bytes of `pack_subbyte_weight` for an `[out_channels, *taps, channels]` weight."""
+    blocks = -(-out_channels // BLOCK) * BLOCK * taps * padded_channels(channels)
+    return blocks // 2 if nibbles(wgt) else blocks
+
+
+def subbyte_pack(values: te.Tensor, act: Encoding) -> te.Tensor:
+    """Biased uint8 activations (TE compute `subbyte_pack`, layout in the module docstring).
 
     Parameters
     ----------
-    codes : te.Tensor
-        Integer tensor `[..., C]`.
-    bits : int
-        Code width (1 … 8).
-
-    Returns
-    -------
-    te.Tensor
-        uint8 `[..., CB]` (layout in the module docstring).
+    values : te.Tensor
+        int32 `[..., C]`: the values, except for bipolar, where they are the 0/1 codes
+        (`binarize`'s output).
+    act : Encoding
+        Their encoding.
     """
-    *lead, channels = (int(d) for d in codes.shape)
-    mask = tirx.const((1 << bits) - 1, "int32")
+    *lead, channels = (int(d) for d in values.shape)
+    shift = bias(act)
 
     def byte(*index):
-        *outer, b = index
-        if per_byte(bits) == 1:
-            return (codes(*outer, b).astype("int32") & mask).astype("uint8")
-        low = codes(*outer, 2 * b).astype("int32") & mask
-        high = codes(*outer, 2 * b + 1).astype("int32") & mask
-        if channels % 2:
-            high = tirx.if_then_else(2 * b + 1 < channels, high, 0)
-        return (low | (high << NIBBLE)).astype("uint8")
+        *outer, c = index
+        value = values(*outer, c)
+        biased = value * 2 if act.kind == "bipolar" else value + shift
+        if channels % DOT:
+            biased = tirx.if_then_else(c < channels, biased, shift)
+        return biased.astype("uint8")
 
-    return te.compute((*lead, packed_bytes(channels, bits)), byte, name="subbyte_pack")
+    return te.compute((*lead, padded_channels(channels)), byte, name="subbyte_pack")
 
 
-def pack_subbyte(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Numpy twin of `subbyte_pack`: integer `[..., C]` → uint8 `[..., CB]`."""
-    codes = np.asarray(codes).astype(np.int64) & ((1 << bits) - 1)
-    if per_byte(bits) == 1:
-        return codes.astype(np.uint8)
-    *lead, channels = codes.shape
-    padded = np.zeros((*lead, 2 * packed_bytes(channels, bits)), np.int64)
-    padded[..., :channels] = codes
-    return (padded[..., 0::2] | (padded[..., 1::2] << NIBBLE)).astype(np.uint8)
+def pack_subbyte_weight(values: np.ndarray, wgt: Encoding) -> np.ndarray:
+    """Integer weight values `[O, *taps, C]` → the blocked layout of the module docstring."""
+    values = np.asarray(values).astype(np.int64)
+    out_channels, *taps, channels = values.shape
+    blocks = -(-out_channels // BLOCK)
+    padded = np.zeros((blocks * BLOCK, *taps, padded_channels(channels)), np.int64)
+    padded[:out_channels, ..., :channels] = values
+    blocked = np.moveaxis(padded.reshape(blocks, BLOCK, *taps, -1, DOT), 1, -2)
+    if not nibbles(wgt):
+        return blocked.astype(weight_dtype(wgt))
+    codes = blocked & 0xF
+    return (codes[..., 0::2] | (codes[..., 1::2] << NIBBLE)).astype(np.uint8)
 
 
-def value_at(packed: te.Tensor, outer: tuple, channel: Expr, encoding: Encoding) -> Expr:
-    """int32 value of the code at `packed[*outer, <channel>]`, unpacked and decoded in registers."""
-    bits = encoding.bits
-    if per_byte(bits) == 1:
-        code = packed[(*outer, channel)].astype("int32")
-    else:
-        byte = packed[(*outer, channel // 2)].astype("int32")
-        code = tirx.Select(channel % 2 == 0, byte, byte >> NIBBLE) & ((1 << bits) - 1)
-    return encoding.value_of(code)
+def weight_values(weight: te.Tensor, wgt: Encoding) -> te.Tensor:
+    """The blocked weight as int8/uint8 values `[..., 16, 4]`: `weight` itself for 5–8 bits,
+    unpacked from nibbles (TE compute `subbyte_unpack_weight`, once per call) for ≤ 4 bits."""
+    if not nibbles(wgt):
+        return weight
+    signed = wgt.kind != "unsigned"
+
+    def value(*index):
+        *outer, k = index
+        code = (weight[(*outer, k // 2)].astype("int32") >> (NIBBLE * (k % 2))) & 0xF
+        if signed:
+            code = code - ((code >> (NIBBLE - 1)) << NIBBLE)
+        return code.astype(weight_dtype(wgt))
+
+    return te.compute((*weight.shape[:-1], DOT), value, name="subbyte_unpack_weight")
 
 
-def check_packed(packed: te.Tensor, encoding: Encoding, channels: int, what: str) -> None:
-    """Raise ValueError unless `packed` ends in `[packed_bytes(channels, encoding.bits)]`."""
-    expected = packed_bytes(channels, encoding.bits)
-    if int(packed.shape[-1]) != expected:
-        raise ValueError(
-            f"{what} packed into {int(packed.shape[-1])} bytes, expected {expected} "
-            f"for {encoding} and {channels} channels"
-        )
+def weight_offset(values: np.ndarray, act: Encoding) -> np.ndarray:
+    """int32 `[O]`: bias(act) · Σ w per output channel, what the kernels subtract."""
+    values = np.asarray(values).astype(np.int64)
+    return (bias(act) * values.reshape(values.shape[0], -1).sum(axis=1)).astype(np.int32)
+
+
+def weight_offset_te(values: te.Tensor, act: Encoding, out_channels: int) -> te.Tensor:
+    """`weight_offset` computed from the blocked `weight_values` in the kernel's PrimFunc (when
+    the caller does not pass it as a constant): TE compute `subbyte_weight_offset`."""
+    *_, lanes, dot = values.shape
+    reduce = [te.reduce_axis((0, int(d)), f"r{i}") for i, d in enumerate(values.shape[1:-2])]
+    k = te.reduce_axis((0, int(dot)), "rk")
+
+    def total(o):
+        return te.sum(values[(o // lanes, *reduce, o % lanes, k)].astype("int32"), axis=[*reduce, k])
+
+    sums = te.compute((out_channels,), total, name="subbyte_weight_sum")
+    return te.compute((out_channels,), lambda o: bias(act) * sums[o], name="subbyte_weight_offset")
+
+
+def check_packed(data: te.Tensor, weight: te.Tensor, channels: int, wgt: Encoding) -> None:
+    """Raise ValueError unless `data` and `weight` are laid out for `channels` input channels."""
+    expected = padded_channels(channels)
+    if int(data.shape[-1]) != expected:
+        raise ValueError(f"data holds {int(data.shape[-1])} channels, expected {expected} for {channels}")
+    held = int(weight.shape[-3]) * DOT
+    last = DOT // 2 if nibbles(wgt) else DOT
+    if held != expected or int(weight.shape[-2]) != BLOCK or int(weight.shape[-1]) != last:
+        raise ValueError(f"weight of shape {[int(d) for d in weight.shape]} is not blocked for {channels} channels and {wgt}")

@@ -1,45 +1,48 @@
-"""Sub-byte NHWC conv2d: codes unpacked to int32 values in registers (TE compute `subbyte_conv2d`).
+"""Sub-byte NHWC conv2d as byte dot products (TE compute `subbyte_conv2d`).
 
-data   `[N, H, W, CB]` uint8, `subbyte_pack` of NHWC activation codes;
-weight `[O, KH, KW, CB]` uint8, `pack_subbyte` of OHWI weight codes;
+data   `[N, H, W, CP]` uint8, `subbyte_pack` of NHWC activations (biased values);
+weight `[ceil(O/16), KH, KW, CP/4, 16, 4 | 2]`, `pack_subbyte_weight` of OHWI weight values;
 output `[N, OH, OW, O]` int32, exactly Σ value_a · value_w over the taps inside the input.
-Padded taps contribute 0, also for bipolar activations (a padded pixel is value 0, not −1).
-Both operands are unpacked to int16 values once per call (`subbyte_unpack`,
-`subbyte_unpack_weight`) before the multiply-accumulate loop.
+The input is padded with the bias (`subbyte_pad`: value 0), so padded taps contribute 0, also
+for bipolar activations (a padded pixel is value 0, not −1), and the reduction has no test
+in it; the sum of biased values is corrected by `weight_offset` after the reduction.
 """
 
 from tvm import te, tirx
 
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import check_packed, value_at
+from tvmbits.ops.subbyte import DOT, bias, check_packed, weight_offset_te, weight_values
 from tvmbits.ops.window import Window
-
-UNPACKED = "int16"  # holds every value of a ≤ 8-bit code, signed or unsigned
 
 
 def subbyte_conv2d_nhwc(
     data: te.Tensor,
     weight: te.Tensor,
     in_channels: int,
+    out_channels: int,
     act: Encoding,
     wgt: Encoding,
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
+    offset: te.Tensor | None = None,
 ) -> te.Tensor:
-    """Exact integer conv2d of sub-byte packed codes (layouts in the module docstring).
+    """Exact integer conv2d of sub-byte operands (layouts in the module docstring).
 
     Parameters
     ----------
     data, weight : te.Tensor
-        Packed activation and weight codes.
-    in_channels : int
-        C, the channel count before packing.
+        Biased activations and blocked weights.
+    in_channels, out_channels : int
+        C and O, before padding.
     act, wgt : Encoding
-        Encodings of the activation and weight codes.
+        Encodings of the activation and weight values.
     strides : (int, int)
         (sh, sw).
     padding : (int, int, int, int)
         (top, left, bottom, right) zero padding.
+    offset : te.Tensor, optional
+        int32 `[O]`, `weight_offset` of the weights (the compiler passes it as a constant);
+        computed here from the weights when None. Unused for unsigned activations (bias 0).
 
     Returns
     -------
@@ -47,32 +50,39 @@ def subbyte_conv2d_nhwc(
         int32 `[N, OH, OW, O]`.
     """
     batch, height, width, _ = (int(d) for d in data.shape)
-    out_channels, kernel_h, kernel_w, _ = (int(d) for d in weight.shape)
-    in_channels = int(in_channels)
-    check_packed(data, act, in_channels, "data")
-    check_packed(weight, wgt, in_channels, "weight")
+    _, kernel_h, kernel_w, _, lanes, _ = (int(d) for d in weight.shape)
+    check_packed(data, weight, int(in_channels), wgt)
     window = Window.of((height, width), (kernel_h, kernel_w), strides, padding)
+    padded = _pad(data, window, bias(act))
+    values = weight_values(weight, wgt)
     ky = te.reduce_axis((0, kernel_h), "ky")
     kx = te.reduce_axis((0, kernel_w), "kx")
-    c = te.reduce_axis((0, in_channels), "c")
-
-    # unpacked once per call (O·KH·KW·C and N·H·W·C values), not once per multiply-add
-    a_values = te.compute(
-        (batch, height, width, in_channels),
-        lambda n, h, w, ch: value_at(data, (n, h, w), ch, act).astype(UNPACKED),
-        name="subbyte_unpack",
-    )
-    w_values = te.compute(
-        (out_channels, kernel_h, kernel_w, in_channels),
-        lambda o, h, w, ch: value_at(weight, (o, h, w), ch, wgt).astype(UNPACKED),
-        name="subbyte_unpack_weight",
-    )
+    c = te.reduce_axis((0, int(data.shape[-1])), "c")
+    (sh, sw) = window.strides
 
     def output(n, y, x, o):
-        row, col, inside = window.tap(y, x, ky, kx)
-        product = a_values[n, row, col, c].astype("int32") * w_values[o, ky, kx, c].astype("int32")
-        if inside is not None:
-            product = tirx.if_then_else(inside, product, 0)
-        return te.sum(product, axis=[ky, kx, c])
+        a = padded[n, y * sh + ky, x * sw + kx, c].astype("int32")
+        w = values[o // lanes, ky, kx, c // DOT, o % lanes, c % DOT].astype("int32")
+        return te.sum(a * w, axis=[ky, kx, c])
 
-    return te.compute((batch, *window.out_size, out_channels), output, name="subbyte_conv2d")
+    out = te.compute((batch, *window.out_size, int(out_channels)), output, name="subbyte_conv2d")
+    if not bias(act):
+        return out
+    if offset is None:
+        offset = weight_offset_te(values, act, int(out_channels))
+    return te.compute(out.shape, lambda n, y, x, o: out[n, y, x, o] - offset[o], name="subbyte_unbias")
+
+
+def _pad(data: te.Tensor, window: Window, value: int) -> te.Tensor:
+    """`data` with the window's padding filled with `value` (TE compute `subbyte_pad`)."""
+    top, left, bottom, right = window.padding
+    if not any(window.padding):
+        return data
+    batch, height, width, channels = (int(d) for d in data.shape)
+
+    def pixel(n, h, w, c):
+        inside = tirx.all(h >= top, h < top + height, w >= left, w < left + width)
+        return tirx.if_then_else(inside, data[n, h - top, w - left, c], tirx.const(value, "uint8"))
+
+    shape = (batch, height + top + bottom, width + left + right, channels)
+    return te.compute(shape, pixel, name="subbyte_pad")

@@ -1,41 +1,56 @@
-"""Sub-byte dense layer: codes unpacked to int32 values in registers (TE compute `subbyte_dense`).
+"""Sub-byte dense layer as byte dot products (TE compute `subbyte_dense`).
 
-data   `[N, KB]` uint8, `subbyte_pack` of `[N, K]` activation codes;
-weight `[O, KB]` uint8, `pack_subbyte` of `[O, K]` weight codes;
-output `[N, O]` int32, exactly Σ_k value_a[n, k] · value_w[o, k].
+data   `[N, KP]` uint8, `subbyte_pack` of `[N, K]` activations (biased values);
+weight `[ceil(O/16), KP/4, 16, 4 | 2]`, `pack_subbyte_weight` of `[O, K]` weight values;
+output `[N, O]` int32, exactly Σ_k value_a[n, k] · value_w[o, k] (the sum of biased values
+corrected by `weight_offset`).
 """
 
 from tvm import te
 
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import check_packed, value_at
+from tvmbits.ops.subbyte import DOT, bias, check_packed, weight_offset_te, weight_values
 
 
 def subbyte_dense(
-    data: te.Tensor, weight: te.Tensor, in_features: int, act: Encoding, wgt: Encoding
+    data: te.Tensor,
+    weight: te.Tensor,
+    in_features: int,
+    out_features: int,
+    act: Encoding,
+    wgt: Encoding,
+    offset: te.Tensor | None = None,
 ) -> te.Tensor:
-    """Exact integer dense of sub-byte packed codes (layouts in the module docstring).
+    """Exact integer dense of sub-byte operands (layouts in the module docstring).
 
     Parameters
     ----------
     data, weight : te.Tensor
-        Packed activation and weight codes.
-    in_features : int
-        K, the feature count before packing.
+        Biased activations and blocked weights.
+    in_features, out_features : int
+        K and O, before padding.
     act, wgt : Encoding
-        Encodings of the activation and weight codes.
+        Encodings of the activation and weight values.
+    offset : te.Tensor, optional
+        int32 `[O]`, `weight_offset` of the weights; computed here when None.
 
     Returns
     -------
     te.Tensor
         int32 `[N, O]`.
     """
-    in_features = int(in_features)
-    check_packed(data, act, in_features, "data")
-    check_packed(weight, wgt, in_features, "weight")
-    k = te.reduce_axis((0, in_features), "k")
+    check_packed(data, weight, int(in_features), wgt)
+    lanes = int(weight.shape[-2])
+    values = weight_values(weight, wgt)
+    k = te.reduce_axis((0, int(data.shape[-1])), "k")
 
     def output(n, o):
-        return te.sum(value_at(data, (n,), k, act) * value_at(weight, (o,), k, wgt), axis=k)
+        w = values[o // lanes, k // DOT, o % lanes, k % DOT].astype("int32")
+        return te.sum(data[n, k].astype("int32") * w, axis=k)
 
-    return te.compute((int(data.shape[0]), int(weight.shape[0])), output, name="subbyte_dense")
+    out = te.compute((int(data.shape[0]), int(out_features)), output, name="subbyte_dense")
+    if not bias(act):
+        return out
+    if offset is None:
+        offset = weight_offset_te(values, act, int(out_features))
+    return te.compute(out.shape, lambda n, o: out[n, o] - offset[o], name="subbyte_unbias")

@@ -13,7 +13,8 @@ Three ways a layer becomes low-bit:
   calibration (`calibrate.py`), except data that is already Sign(z), which stays bipolar, exact.
   The first and last layers stay float unless `all_layers`.
 
-Kernel: bit-serial when both operands have at most 2 bits, sub-byte otherwise, unless forced.
+Kernel: bit-serial when both operands have at most 2 bits (on a target with byte dot products,
+`byte_dot`, when one of them has 1 bit), sub-byte otherwise, unless forced.
 """
 
 import numpy as np
@@ -40,6 +41,7 @@ def assign_bits(
     all_layers: bool = False,
     kernel: str = "auto",
     facts: dict[str, LayerFacts] | None = None,
+    byte_dot: bool = False,
 ) -> list[LayerPlan]:
     """One plan per layer, in order; `facts` are the frontend's, keyed by layer name."""
     check_bits("--wbits", wbits)
@@ -65,6 +67,7 @@ def assign_bits(
             else:
                 plan = _post_training(layer, wbits, abits)
         plan.forced_kernel = kernel
+        plan.byte_dot = byte_dot
         if plan.kernel != "float" and plan.act is not None:
             plan.choose_kernel()
         plans.append(plan)

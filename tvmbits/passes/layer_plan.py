@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmbits.ops.encoding import Encoding
+from tvmbits.ops.subbyte import packed_weight_bytes
 from tvmbits.passes.layers import Layer
 
 WORD_BITS = 32
@@ -31,6 +32,7 @@ class LayerPlan:
     weight_values: np.ndarray | None = None  # int64, in the layer's weight layout
     weight_scale: np.ndarray | None = None  # float32 [O]: real weight = weight_scale · value
     forced_kernel: str = "auto"
+    byte_dot: bool = False  # the target multiplies bytes fast (x86 VNNI): sub-byte from 2×2 bits on
     found: dict | None = None  # what the model's quantizers say (QONNX/QDQ), even if float
 
     @property
@@ -41,9 +43,12 @@ class LayerPlan:
         """Pick the kernel once both encodings are known."""
         if self.forced_kernel != "auto":
             self.kernel = self.forced_kernel
-        else:
-            small = max(self.act.bits, self.wgt.bits) <= 2
-            self.kernel = "bitserial" if small else "subbyte"
+            return
+        low, high = sorted((self.act.bits, self.wgt.bits))
+        # bit-serial costs one popcount per pair of bit planes: at most two pairs; with byte dot
+        # products a 2×2-bit layer (four pairs) is faster as bytes
+        small = high <= 2 and not (self.byte_dot and low == 2)
+        self.kernel = "bitserial" if small else "subbyte"
 
     def packed_weight_bytes(self) -> int | None:
         if self.kernel == "float":
@@ -52,9 +57,8 @@ class LayerPlan:
         taps = self.weight_values.size // (out_channels * channels)
         if self.kernel == "bitserial":
             per_tap = self.wgt.bits * -(-channels // WORD_BITS) * (WORD_BITS // 8)
-        else:
-            per_tap = -(-channels // 2) if self.wgt.bits <= 4 else channels
-        return out_channels * taps * per_tap
+            return out_channels * taps * per_tap
+        return packed_weight_bytes(out_channels, taps, channels, self.wgt)
 
     def to_json(self) -> dict:
         weight = self.layer.weight

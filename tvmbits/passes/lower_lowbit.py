@@ -5,7 +5,8 @@ For each layer with a low-bit plan the binding `y = conv2d(x, W)` (NHWC/OHWI) or
 
     codes  = binarize(z) | quantize(x, act_scale, act_zero_point)  # Sign(z) feeding it absorbed
     packed = bitpack(codes) | subbyte_pack(codes)
-    acc    = <kernel>(packed, W_packed)        # int32, W packed here at compile time
+    acc    = <kernel>(packed, W_packed[, offset])  # int32, W packed (and the sub-byte
+                                                   # kernels' weight_offset summed) here
              − act_zero_point · Σ W            # only for a zero point; per position and channel
     y      = float32(acc) · (act_scale · weight_scale)  # per output channel, last axis
 
@@ -26,7 +27,7 @@ from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, window_offset
 from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
 from tvmbits.ops.bitserial_term import has_offset
 from tvmbits.ops.quantize import binarize, quantize
-from tvmbits.ops.subbyte import pack_subbyte, subbyte_pack
+from tvmbits.ops.subbyte import bias, pack_subbyte_weight, subbyte_pack, weight_offset
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.passes.layer_plan import LayerPlan
@@ -60,28 +61,28 @@ class _Rewriter(PyExprMutator):
             return super().visit_call_(call)
         codes = self._codes(plan)
         layer = plan.layer
-        weight_codes = plan.wgt.encode(plan.weight_values)
         channels = layer.weight.shape[-1]
         name = f"{plan.kernel}_{layer.op}"
+        conv_args = (layer.attrs["strides"], layer.attrs["padding"]) if layer.op == "conv2d" else ()
         if plan.kernel == "bitserial":
             packed = self.builder_.emit_te(bitpack, codes, plan.act.bits, primfunc_name_hint="bitpack")
-            weight = relax.const(pack_bits(weight_codes, plan.wgt.bits))
+            inputs = [packed, relax.const(pack_bits(plan.wgt.encode(plan.weight_values), plan.wgt.bits))]
             kernel = bitserial_conv2d_nhwc if layer.op == "conv2d" else bitserial_dense
+            sizes = (channels,)
+            if has_offset(plan.act, plan.wgt):
+                # its own function, so that FuseOps hands it to the kernel as an input its epilogue reads
+                inputs.append(self.builder_.emit_te(self._offset(plan, channels, conv_args), packed,
+                                                    primfunc_name_hint="bitserial_offset"))
         else:
-            packed = self.builder_.emit_te(
-                subbyte_pack, codes, plan.act.bits, primfunc_name_hint="subbyte_pack"
-            )
-            weight = relax.const(pack_subbyte(weight_codes, plan.wgt.bits))
+            packed = self.builder_.emit_te(partial(subbyte_pack, act=plan.act), codes, primfunc_name_hint="subbyte_pack")
+            inputs = [packed, relax.const(pack_subbyte_weight(plan.weight_values, plan.wgt))]
             kernel = subbyte_conv2d_nhwc if layer.op == "conv2d" else subbyte_dense
-        conv_args = (layer.attrs["strides"], layer.attrs["padding"]) if layer.op == "conv2d" else ()
-        inputs = [packed, weight]
-        if plan.kernel == "bitserial" and has_offset(plan.act, plan.wgt):
-            # its own function, so that FuseOps hands it to the kernel as an input its epilogue reads
-            inputs.append(self.builder_.emit_te(self._offset(plan, channels, conv_args), packed,
-                                                primfunc_name_hint="bitserial_offset"))
+            sizes = (channels, layer.weight.shape[0])
+            if bias(plan.act):
+                inputs.append(relax.const(weight_offset(plan.weight_values, plan.act)))
         # emit_te passes only tensors and plain numbers through; bind the rest here
         acc = self.builder_.emit_te(
-            lambda data, weight, *offset: kernel(data, weight, channels, plan.act, plan.wgt, *conv_args, *offset),
+            lambda data, weight, *offset: kernel(data, weight, *sizes, plan.act, plan.wgt, *conv_args, *offset),
             *inputs,
             primfunc_name_hint=name,
             primfunc_attrs=OUT_EWISE_FUSABLE,

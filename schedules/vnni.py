@@ -1,0 +1,56 @@
+"""x86 VNNI byte dot products as a TIR tensor intrinsic, for the sub-byte kernels.
+
+`DOT_16x4` computes C[i] += Σ_k int32(A[k]) · int32(B[i, k]) for i < 16, k < 4: A four uint8
+activations (one int32, broadcast to every lane), B a 64-byte block of int8 weights, 16 output
+channels × 4 input channels (`ops/subbyte.py`'s weight layout), C 16 int32 accumulators held in a
+register tile ("local"). It is one `vpdpbusd` (AVX512-VNNI) on 512-bit vectors: no
+intermediate saturates, so the sum is exact for every uint8 × int8 operand.
+"""
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+from tvm.target import Target
+from tvm.target.codegen import target_has_features
+
+DOT_16x4 = "tvmbits_vnni_dot_16x4"
+
+
+@T.prim_func(s_tir=True)
+def _description(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i, k in T.grid(16, 4):
+            with T.sblock("update"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+
+
+@T.prim_func(s_tir=True)
+def _vpdpbusd(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="int8x64"),
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
+TensorIntrin.register(DOT_16x4, _description, _vpdpbusd)
+
+
+def has_vnni(target: Target) -> bool:
+    """Whether `target` is an x86 CPU with AVX512-VNNI (`vpdpbusd` on 512-bit vectors)."""
+    return target.kind.name == "llvm" and target_has_features(["avx512vnni", "avx512bw"], target)
