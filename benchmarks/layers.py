@@ -165,6 +165,7 @@ def main() -> None:
             assert plan["kernel"] != "float", plan
             row[f"W{wbits}A{abits}"] = ms
             row[f"W{wbits}A{abits}_bytes"] = plan["weight_bytes_packed"]
+            row[f"W{wbits}A{abits}_kernel"] = plan["kernel"]
         row["fp32_bytes"] = cout * cin * 9 * 4
         rows.append(row)
         print(_line(row), flush=True)
@@ -235,6 +236,9 @@ def _report(rows, repeat, peak) -> str:
         f"Geometric means: W1A1 {geomean('W1A1', 'ort_fp32'):.2f}× ORT fp32; "
         f"W1A2 {geomean('W1A2', 'ort_int8'):.2f}× ORT int8; W2A2 {geomean('W2A2', 'ort_int8'):.2f}× ORT int8; "
         f"W4A4 {geomean('W4A4', 'ort_int8'):.2f}× ORT int8.",
+        "Kernels (`auto` for this CPU): "
+        + ", ".join(f"W{w}A{a} {rows[0][f'W{w}A{a}_kernel']}" for w, a in BITS)
+        + ".",
         "",
         "Popcount peak of this machine (`popcount_peak.c`, all cores, G bit-MACs/s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in peak.items())

@@ -35,7 +35,8 @@ after it. Output channels are split into vectors of `LANES`:
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize) inlined into the packing and its loops parallelised.
 `ParallelCPU` takes every other PrimFunc: layout transposes are copied in L1-sized tiles,
-the rest (pooling, dense float layers) just runs its outer loops in parallel.
+reductions along pixels (NHWC pooling, means) are vectorised over channels, the rest just runs
+its outer loops in parallel.
 `benchmarks/layers.py` measures what these schedules reach against ONNX Runtime.
 """
 
@@ -122,9 +123,49 @@ class ParallelCPU(CPUScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
-            if not _tile_transpose(sch, block):
+            if _lane_reduction(sch, block):  # read its padding (or other elementwise input) in place
+                for producer in sch.get_producers(block):
+                    try:
+                        sch.compute_inline(producer)
+                    except s_tir.ScheduleError:
+                        pass
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            if not _tile_transpose(sch, block) and not _reduce_in_lanes(sch, block):
                 _parallelize(sch, block, keep_inner=True)
         return sch
+
+
+def _lane_reduction(sch: s_tir.Schedule, block) -> bool:
+    """Whether `block` is a reduction whose innermost output axis is data-parallel, a multiple of
+    LANES (NHWC pooling, means over pixels), with its loops as its iterators."""
+    stmt = sch.get(block)
+    spatial = _spatial_loop_count(sch, block)
+    loops = sch.get_loops(block)
+    if not 0 < spatial < len(loops) or len(loops) != len(stmt.iter_vars) or len(stmt.writes) != 1:
+        return False
+    channel = stmt.iter_vars[spatial - 1]
+    extent = channel.dom.extent
+    if not stmt.writes[0].region[-1].min.same_as(channel.var) or not isinstance(extent, tirx.IntImm):
+        return False
+    return extent.value % LANES == 0
+
+
+def _reduce_in_lanes(sch: s_tir.Schedule, block) -> bool:
+    """Run a `_lane_reduction` block with its reduction loops outside its innermost output axis,
+    LANES of it at a time in a vector, and its leading loops in parallel. False (untouched) if
+    not such a block."""
+    if not _lane_reduction(sch, block):
+        return False
+    loops = sch.get_loops(block)
+    spatial = _spatial_loop_count(sch, block)
+    _parallelize(sch, block, keep_inner=True)
+    *_, channel_loop = sch.get_loops(block)[: -(len(loops) - spatial)]
+    reduction = sch.get_loops(block)[-(len(loops) - spatial):]
+    vectors, lane = sch.split(channel_loop, factors=[None, LANES])
+    sch.reorder(vectors, *reduction, lane)
+    sch.vectorize(lane)  # before decompose_reduction, as in the kernels
+    sch.decompose_reduction(block, reduction[0])
+    return True
 
 
 def _tile_transpose(sch: s_tir.Schedule, block) -> bool:

@@ -226,3 +226,22 @@ def test_float_matmul_with_channel_contiguous_weights_is_vectorised_and_exact():
     result = tvm.runtime.tensor(np.zeros((2, 37), "float32"))
     tvm.compile(mod, target=X86)(tvm.runtime.tensor(a), tvm.runtime.tensor(b), result)
     np.testing.assert_array_equal(result.numpy(), a @ b)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_nhwc_pooling_is_vectorised_over_channels_and_exact(kind):
+    """Pooling reads its padding in place and runs its window loops outside channel vectors."""
+    x = np.random.default_rng(6).standard_normal((1, 40, 40, 32)).astype("float32")
+    data = te.placeholder(x.shape, "float32", "x")
+    out = topi.nn.pool2d(data, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), kind, count_include_pad=True, layout="NHWC")
+    with X86:
+        mod = dlight.ApplyDefaultSchedule(ParallelCPU())(tvm.IRModule({"main": te.create_prim_func([data, out])}))
+    script = mod["main"].script()
+    assert "T.parallel(" in script and "T.vectorized(16)" in script
+    assert "pad_temp" not in script  # inlined
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    tvm.compile(mod, target=X86)(tvm.runtime.tensor(x), result)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf if kind == "max" else 0)
+    windows = np.stack([padded[:, i:i + 40:2, j:j + 40:2] for i in range(3) for j in range(3)])
+    expected = windows.max(axis=0) if kind == "max" else windows.sum(axis=0) / 9
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-6)
