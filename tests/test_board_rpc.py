@@ -1,6 +1,7 @@
-"""`tvmbits run` against TVM RPC servers started with `tvmbits board serve` on this machine:
-direct, through a real TVM rpc_tracker with two keys, and every fault a user meets (unreachable
-board, board killed mid-run, no free board of a key, wrong artifact), each one error line, exit 2.
+"""`tvmbits run` (and `tvmbits tune --rpc`) against TVM RPC servers started with `tvmbits board
+serve` on this machine: direct, through a real TVM rpc_tracker with two keys, and every fault a
+user meets (unreachable board, board killed mid-run, no free board of a key, wrong artifact),
+each one error line, exit 2.
 """
 
 import json
@@ -19,6 +20,7 @@ from compiled import run_local
 from onnx_models import dyadic_input, tiny_bnn
 from tvmbits.artifact import open_artifact, write_artifact
 from tvmbits.cli import main
+from tvmbits.tuning_log import RECORDS
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,24 @@ def test_rpc_run_equals_local_run(model, board, tmp_path):
     assert report["timing_ms"]["repeat"] == 3 and report["timing_ms"]["median"] > 0
     assert report["profile"] and all(row["calls"] >= 1 and row["ms"] >= 0 for row in report["profile"])
     assert sum(row["share"] for row in report["profile"]) == pytest.approx(1.0)
+
+
+def test_tune_measures_on_the_board(board, folder, tmp_path):
+    server, port = board
+    loads = server.count("load_module")
+    done, _ = tvmbits("tune", str(folder / "bnn.onnx"), "--rpc", f"127.0.0.1:{port}", "--trials", "2",
+                      "--log", str(tmp_path / "log"))
+    assert done.returncode == 0, done.stderr
+    assert "tune: " in done.stderr and " ms" in done.stderr and "failed" not in done.stderr
+    assert (tmp_path / "log" / RECORDS).read_text().strip()
+    assert server.count("load_module") >= loads + 2  # each candidate ran on the board
+
+
+def test_tune_refuses_an_unreachable_board_before_lowering(folder):
+    port = free_port()
+    done, took = tvmbits("tune", str(folder / "bnn.onnx"), "--rpc", f"127.0.0.1:{port}", "--timeout", "5")
+    one_error_line(done, f"board 127.0.0.1:{port} is unreachable")
+    assert "importing" not in done.stderr and took < 30
 
 
 def test_tracker_key_reaches_that_board(model, tracker, tmp_path):

@@ -84,11 +84,13 @@ def test_compile_without_tuning_records_no_log(model_file, tmp_path):
 def test_tune_errors_are_one_line(model_file, tmp_path, capsys):
     assert main(["tune", str(model_file), "--trials", "0", "--log", str(tmp_path / "l")]) == 2
     assert main(["tune", str(model_file), "--tracker", "127.0.0.1:9"]) == 2
+    assert main(["tune", str(model_file), "--rpc", "127.0.0.1:9", "--tracker", "127.0.0.1:9", "--key", "k"]) == 2
     assert main(["compile", str(model_file), "--tuning-log", str(tmp_path / "absent")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert [e for e in errors if e.startswith("tvmbits: error:")] == [
         "tvmbits: error: --trials 0: must be at least 1",
         "tvmbits: error: --tracker and --key go together",
+        "tvmbits: error: --rpc and --tracker: measure on one board or on the tracker's, not both",
         f"tvmbits: error: {tmp_path / 'absent'}: no such tuning log folder",
     ]
     assert not (tmp_path / "l" / WORKLOADS).exists()

@@ -60,6 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
     tune.add_argument("--trials", type=int, help="measurements in all (default: the profile's)")
     tune.add_argument("--log", help="tuning log folder to append to (default: tuning_logs/<profile>)")
+    tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on the board `tvmbits board serve` runs there")
     tune.add_argument("--tracker", metavar="HOST:PORT", help="measure on boards from this TVM tracker")
     tune.add_argument("--key", help="the board key to ask the tracker for")
     tune.add_argument("--timeout", type=float, default=30.0, help="seconds a board may take per measurement")
@@ -115,6 +116,8 @@ def _tune(args) -> int:
 
     if bool(args.tracker) != bool(args.key):
         raise UserError("--tracker and --key go together")
+    if args.rpc and args.tracker:
+        raise UserError("--rpc and --tracker: measure on one board or on the tracker's, not both")
     profile = profiles.load(args.target)
     options = CompileOptions(
         target=args.target, wbits=args.wbits, abits=args.abits, all_layers=args.all_layers, kernel=args.kernel
@@ -123,7 +126,7 @@ def _tune(args) -> int:
     trials = args.trials if args.trials is not None else profile.tuning_trials
     tune_model(
         args.model, options, log_dir, trials, tracker=args.tracker, key=args.key, timeout=args.timeout,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
+        log=lambda m: print(m, file=sys.stderr, flush=True), rpc=args.rpc,
     )
     print(f"tuning log: {log_dir}")
     return 0

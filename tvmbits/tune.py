@@ -3,8 +3,9 @@
 Tasks are the fused PrimFuncs of the lowered model that hold one kernel (`schedules.cpu`
 `is_tunable`); their design space is the default schedule with its register tile sampled
 (`schedule_lowbit(tunable=True)`), searched by MetaSchedule's evolutionary search with the
-XGBoost cost model, measured on this machine or on boards from a TVM tracker, and recorded in
-a tuning log (`tuning_log.py`) as each measurement finishes.
+XGBoost cost model, measured on this machine, on one board (`--rpc`, a `tvmbits board serve`)
+or on boards from a TVM tracker, and recorded in a tuning log (`tuning_log.py`) as each
+measurement finishes.
 """
 
 import functools
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import tvm
+from tvm import rpc as tvm_rpc
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
@@ -22,6 +24,7 @@ from tvmbits.board.serve import address
 from tvmbits.compiler import CompileOptions, lower_model
 from tvmbits.errors import UserError
 from tvmbits.passes.pipeline import fuse
+from tvmbits.runtime import Session
 from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
 
 # The design spaces are small (tens of points): a population of 512 and 50 new candidates per
@@ -40,12 +43,13 @@ def tune_model(
     key: str | None = None,
     timeout: float = 30.0,
     log: Callable[[str], None] = lambda message: None,
+    rpc: str | None = None,
 ) -> int:
     """Tune the low-bit kernels of `model_path` for `options.target` with `trials` measurements
     in all, appending to the tuning log `log_dir`; returns the number of tasks."""
     if trials < 1:
         raise UserError(f"--trials {trials}: must be at least 1")
-    runner = _runner(tracker, key, timeout)  # a bad --tracker fails before the slow lowering
+    runner = _runner(rpc, tracker, key, timeout)  # a bad board fails before the slow lowering
     lowered = lower_model(model_path, options, log)
     target = lowered.target
     mod = fuse(lowered.mod, target)
@@ -121,8 +125,16 @@ def _cross_export(compiler: str):
     return export
 
 
-def _runner(tracker: str | None, key: str | None, timeout: float) -> ms.runner.Runner:
+def _runner(rpc: str | None, tracker: str | None, key: str | None, timeout: float) -> ms.runner.Runner:
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if rpc:
+        Session.open(rpc=rpc, timeout=timeout)  # one line, now, for a board that is not there
+        host, port = address("--rpc", rpc)
+        # MetaSchedule's RPC runner asks a tracker for each session; this one connects directly
+        config = ms.runner.RPCConfig(
+            tracker_host=host, tracker_port=port, tracker_key="direct", session_timeout_sec=int(timeout)
+        )
+        return ms.runner.RPCRunner(config, evaluator_config=evaluator, f_create_session=_connect_board)
     if not tracker:
         return ms.runner.LocalRunner(evaluator_config=evaluator)
     host, port = address("--tracker", tracker)
@@ -130,6 +142,12 @@ def _runner(tracker: str | None, key: str | None, timeout: float) -> ms.runner.R
         tracker_host=host, tracker_port=port, tracker_key=key, session_timeout_sec=int(timeout)
     )
     return ms.runner.RPCRunner(config, evaluator_config=evaluator)
+
+
+def _connect_board(config: ms.runner.RPCConfig) -> tvm_rpc.RPCSession:
+    """An RPC session straight to the board at the config's host and port (`--rpc`); run in
+    MetaSchedule's runner workers, so a module-level function."""
+    return tvm_rpc.connect(config.tracker_host, int(config.tracker_port), session_timeout=config.session_timeout_sec)
 
 
 @derived_object
