@@ -33,7 +33,8 @@ after it. Output channels are split into vectors of `LANES`:
   once per output channel.
 
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
-producers (binarize, quantize) inlined into the packing and its loops parallelised.
+producers (binarize, quantize, a layout transpose) inlined into the packing and its loops
+parallelised, vectorised along the pixels of a row when the input is NCHW.
 `ParallelCPU` takes every other PrimFunc: layout transposes are copied in L1-sized tiles,
 reductions along pixels (NHWC pooling, means) are vectorised over channels, the rest just runs
 its outer loops in parallel.
@@ -318,7 +319,32 @@ def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> Non
                 continue
             except s_tir.ScheduleError:
                 pass
-        _parallelize(sch, block)
+        if not _vectorize_along_input(sch, block):
+            _parallelize(sch, block)
+
+
+def _vectorize_along_input(sch: s_tir.Schedule, block) -> bool:
+    """Pack LANES outputs at a time along the axis the input is contiguous in, when that is an
+    outer output axis (an NCHW input packed along its channels: the pixels of a row), so that
+    each of the 32 channel reads of a word is one vector load. False (untouched) otherwise."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    if len(stmt.reads) != 1 or len(loops) != len(stmt.iter_vars) or len(loops) < 3:
+        return False
+    read = stmt.reads[0].region[-1].min
+    axis = next((i for i, v in enumerate(stmt.iter_vars) if read.same_as(v.var)), None)
+    if axis is None or axis == len(loops) - 1:
+        return False
+    extent = int(stmt.iter_vars[axis].dom.extent)
+    if extent % LANES and extent > 4 * LANES:
+        return False
+    # a whole row of up to 4 vectors (LLVM finishes an odd width with a masked vector)
+    vectors, lane = sch.split(loops[axis], factors=[None, LANES if extent % LANES == 0 else extent])
+    others = [loop for i, loop in enumerate(loops) if i != axis]
+    sch.reorder(*others[:axis], vectors, *others[axis:], lane)
+    sch.parallel(sch.fuse(*others[:axis], vectors))
+    sch.vectorize(lane)
+    return True
 
 
 def _spatial_loop_count(sch: s_tir.Schedule, block) -> int:
