@@ -28,7 +28,7 @@ after it. Output channels are split into vectors of `LANES`:
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`;
 - the epilogues are inlined into the accumulators' write-back, so the accumulation never goes
   to memory; an epilogue that cannot be inlined stays a parallel loop nest of its own;
-- producers (padding, packing, unpacking nibbles) stay whole, each a parallel loop nest with a
+- producers (padding, packing, unpacking sub-byte weights) stay whole, each a parallel loop nest with a
   plain innermost loop for LLVM to vectorise: inlining them into the kernel would redo them
   once per output channel.
 

@@ -48,9 +48,13 @@ def test_negative_values_pack_as_their_twos_complement_codes():
 def test_subbyte_weight_layout_by_hand():
     values = np.array([[1, 2, 3, -1, 5]])  # one output channel, five input channels
     packed = pack_subbyte_weight(values, Encoding("signed", 4))
-    assert packed.dtype == np.uint8 and packed.shape == (1, 2, 16, 2)  # [O/16, C/4, 16 lanes, 4 nibbles]
+    assert packed.dtype == np.uint8 and packed.shape == (1, 2, 16, 2)  # [O/16, C/4, 16 lanes, 2 bytes]
     assert packed[0, :, 0].tolist() == [[0x21, 0xF3], [0x05, 0x00]]  # channel 2j low, padding 0
     assert not packed[0, :, 1:].any()  # output channels 1..15 are padding
+    crumbs = pack_subbyte_weight(np.array([[1, -2, -1, 0, 1]]), Encoding("signed", 2))
+    assert crumbs.shape == (1, 2, 16, 1)  # four 2-bit fields a byte, channel 4j + k in field k
+    assert crumbs[0, :, 0, 0].tolist() == [0b00_11_10_01, 0b01]
+    assert pack_subbyte_weight(np.array([[-1, 1]]), Encoding("bipolar", 1))[0, 0, 0, 0] == 0b01_11
     wide = pack_subbyte_weight(np.array([[-128, 127, 3]]), Encoding("signed", 8))
     assert wide.dtype == np.int8 and wide[0, 0, 0].tolist() == [-128, 127, 3, 0]
     assert pack_subbyte_weight(np.array([[255]]), Encoding("unsigned", 8)).dtype == np.uint8
@@ -69,7 +73,8 @@ def test_subbyte_pack_biases_values_into_bytes(encoding, values, expected):
     assert run_te(subbyte_pack, np.array([values]), encoding).tolist() == [expected]
 
 
-@pytest.mark.parametrize("encoding", [Encoding("bipolar", 1), Encoding("signed", 2), Encoding("signed", 4),
+@pytest.mark.parametrize("encoding", [Encoding("bipolar", 1), Encoding("signed", 2), Encoding("unsigned", 2),
+                                      Encoding("signed", 3), Encoding("signed", 4),
                                       Encoding("unsigned", 4), Encoding("signed", 6), Encoding("unsigned", 8)])
 def test_subbyte_weight_values_read_back_the_values(encoding):
     lo, hi = encoding.value_range

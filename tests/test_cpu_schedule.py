@@ -126,7 +126,7 @@ def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt):
     assert scheduled[name].attrs["tirx.is_scheduled"]
     # the int32 accumulation never reaches memory: the only local buffer is the accumulator; the
     # global ones are the weights regrouped by output-channel group (bit-serial), or the padded
-    # input and the weights unpacked from nibbles (sub-byte)
+    # input and the weights unpacked from 2- or 4-bit fields (sub-byte)
     buffers = [(b.scope(), str(b.dtype)) for b in scheduled[name].body.block.alloc_buffers]
     assert [dtype for scope, dtype in buffers if scope == "local"] == ["int32"]
     assert {dtype for scope, dtype in buffers if scope == "global"} == ({"uint32"} if kernel == "bitserial" else {"uint8", "int8"})

@@ -12,10 +12,12 @@ Padding (channels up to CP, and the pixels a conv pads with) is u = bias: value 
 Weights (`pack_subbyte_weight`, numpy, at compile time): values blocked as
 `[ceil(O/16), *taps, CP/4, 16, 4]`: 16 output channels (`BLOCK`) × 4 consecutive input
 channels, 64 bytes, the weight operand of one dot-product instruction; padded output and input
-channels are value 0. Values ≤ 4 bits are stored two per byte: the block's last axis is
-`[2]`, input channel 2j in the low nibble and 2j+1 in the high nibble, as 4-bit two's
-complement (unsigned encodings: plain 4-bit), half the bytes of int8. 5–8-bit values are stored
-as int8 (uint8 for unsigned 8-bit, whose values pass 127). `weight_values` reads them back.
+channels are value 0. Values of ≤ 2 bits are stored four per byte in 2-bit fields and values of
+3–4 bits two per byte in 4-bit fields: the block's last axis is `[4 / per_byte]`, input channel
+4j + k in field k % per_byte (from the low bits) of byte k // per_byte, as two's complement of
+the field's width (unsigned encodings: plain), a quarter or half the bytes of int8. 5–8-bit
+values are stored as int8 (uint8 for unsigned 8-bit, whose values pass 127). `weight_values`
+reads them back.
 
 Σ u·w = Σ value·w + bias·Σ w: the kernels subtract bias·Σ w per output channel
 (`weight_offset`); padded taps hold value 0 and need no test in the inner loop.
@@ -28,7 +30,6 @@ from tvmbits.ops.encoding import Encoding
 
 BLOCK = 16  # output channels per weight block (int32 lanes of one 512-bit vector)
 DOT = 4  # input channels per dot product (bytes summed into one int32)
-NIBBLE = 4
 
 
 def bias(act: Encoding) -> int:
@@ -36,9 +37,14 @@ def bias(act: Encoding) -> int:
     return -act.value_range[0]
 
 
-def nibbles(wgt: Encoding) -> bool:
-    """Whether weights of `wgt` are stored two per byte."""
-    return wgt.bits <= NIBBLE
+def field_bits(wgt: Encoding) -> int:
+    """Bits a stored weight value of `wgt` takes: 2, 4 or 8."""
+    return next(width for width in (2, 4, 8) if wgt.bits <= width)
+
+
+def per_byte(wgt: Encoding) -> int:
+    """Weight values stored in one byte: 4, 2 or 1."""
+    return 8 // field_bits(wgt)
 
 
 def weight_dtype(wgt: Encoding) -> str:
@@ -54,7 +60,7 @@ def padded_channels(channels: int) -> int:
 def packed_weight_bytes(out_channels: int, taps: int, channels: int, wgt: Encoding) -> int:
     """Bytes of `pack_subbyte_weight` for an `[out_channels, *taps, channels]` weight."""
     blocks = -(-out_channels // BLOCK) * BLOCK * taps * padded_channels(channels)
-    return blocks // 2 if nibbles(wgt) else blocks
+    return blocks // per_byte(wgt)
 
 
 def subbyte_pack(values: te.Tensor, act: Encoding) -> te.Tensor:
@@ -90,24 +96,26 @@ def pack_subbyte_weight(values: np.ndarray, wgt: Encoding) -> np.ndarray:
     padded = np.zeros((blocks * BLOCK, *taps, padded_channels(channels)), np.int64)
     padded[:out_channels, ..., :channels] = values
     blocked = np.moveaxis(padded.reshape(blocks, BLOCK, *taps, -1, DOT), 1, -2)
-    if not nibbles(wgt):
+    count, width = per_byte(wgt), field_bits(wgt)
+    if count == 1:
         return blocked.astype(weight_dtype(wgt))
-    codes = blocked & 0xF
-    return (codes[..., 0::2] | (codes[..., 1::2] << NIBBLE)).astype(np.uint8)
+    fields = blocked & ((1 << width) - 1)
+    return sum(fields[..., k::count] << (width * k) for k in range(count)).astype(np.uint8)
 
 
 def weight_values(weight: te.Tensor, wgt: Encoding) -> te.Tensor:
     """The blocked weight as int8/uint8 values `[..., 16, 4]`: `weight` itself for 5–8 bits,
-    unpacked from nibbles (TE compute `subbyte_unpack_weight`, once per call) for ≤ 4 bits."""
-    if not nibbles(wgt):
+    unpacked from its 2- or 4-bit fields (TE compute `subbyte_unpack_weight`, once per call)."""
+    count, width = per_byte(wgt), field_bits(wgt)
+    if count == 1:
         return weight
     signed = wgt.kind != "unsigned"
 
     def value(*index):
         *outer, k = index
-        code = (weight[(*outer, k // 2)].astype("int32") >> (NIBBLE * (k % 2))) & 0xF
+        code = (weight[(*outer, k // count)].astype("int32") >> (width * (k % count))) & ((1 << width) - 1)
         if signed:
-            code = code - ((code >> (NIBBLE - 1)) << NIBBLE)
+            code = code - ((code >> (width - 1)) << width)
         return code.astype(weight_dtype(wgt))
 
     return te.compute((*weight.shape[:-1], DOT), value, name="subbyte_unpack_weight")
@@ -139,6 +147,6 @@ def check_packed(data: te.Tensor, weight: te.Tensor, channels: int, wgt: Encodin
     if int(data.shape[-1]) != expected:
         raise ValueError(f"data holds {int(data.shape[-1])} channels, expected {expected} for {channels}")
     held = int(weight.shape[-3]) * DOT
-    last = DOT // 2 if nibbles(wgt) else DOT
+    last = DOT // per_byte(wgt)
     if held != expected or int(weight.shape[-2]) != BLOCK or int(weight.shape[-1]) != last:
         raise ValueError(f"weight of shape {[int(d) for d in weight.shape]} is not blocked for {channels} channels and {wgt}")
