@@ -55,6 +55,7 @@ PACKS = ("bitpack", "subbyte_pack")
 LANES = BLOCK  # int32 accumulators per vector; the sub-byte weights come blocked by it
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
 MAX_PIXELS = 8  # LLVM can take minutes to allocate registers for much larger unrolled tiles
+TUNED_COLUMNS = 4  # the most columns of a tile `tvmbits tune` samples
 UNROLL = 8
 TRANSPOSE_TILE = 16
 MIN_PARALLEL = 4096  # points below which a loop nest is not worth waking the thread pool
@@ -271,9 +272,10 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     vectors, lane = sch.split(channel, factors=[None, lanes])
     extents = [int(sch.get(loop).extent) for loop in (vectors, y, x)]
     groups, rows, pixels = _register_tile(*extents, budget)
-    if tunable:
+    if tunable:  # around the default: up to GROUPS vectors, its rows or one, up to 4 columns
         groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))[1]
-        pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=min(MAX_PIXELS, budget))[1]
+        columns = min(MAX_PIXELS // rows, TUNED_COLUMNS, budget)
+        pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=columns)[1]
         rows = sch.sample_categorical([1, rows], [0.5, 0.5]) if rows > 1 else 1
     outer, group = sch.split(vectors, factors=[None, groups])
     y_outer, row = sch.split(y, factors=[None, rows])
