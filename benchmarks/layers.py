@@ -11,7 +11,9 @@ Every contender uses all cores; numbers are medians of `--repeat` runs after war
 
 It also builds and runs `popcount_peak.c` (this machine's XOR+popcount peak in bit-MACs/s, by
 scalar, AVX2 and AVX-512 loops and a scalar+vector mix) and reports what fraction of the best
-the W1A1 conv kernel reaches alone (its time from the per-kernel profile, packing excluded).
+the W1A1 conv kernel reaches alone (its time from the per-kernel profile, packing excluded), and
+`dot_peak.c` (the AVX512-VNNI byte dot-product peak in MACs/s, where the CPU has it) against the
+W4A4 kernel alone.
 Writes `layers.md` and `layers.png` into `--out`.
 
     python benchmarks/layers.py [--repeat 50] [--layers 0,2] [--out benchmarks/results]
@@ -129,11 +131,11 @@ def time_tvmbits(model: onnx.ModelProto, x: np.ndarray, repeat: int, wbits=None,
     return float(np.median(times)), kernel, meta["layers"][0]
 
 
-def popcount_peak() -> dict[str, float]:
-    """G bit-MACs/s of each loop of popcount_peak.c on this machine, all cores."""
+def peak(source_name: str) -> dict[str, float]:
+    """G (bit-)MACs/s of each loop of the microbenchmark `source_name` on this machine, all cores."""
     with tempfile.TemporaryDirectory() as tmp:
-        binary = f"{tmp}/popcount_peak"
-        source = Path(__file__).with_name("popcount_peak.c")
+        binary = f"{tmp}/peak"
+        source = Path(__file__).with_name(source_name)
         subprocess.run(["cc", "-O3", "-march=native", "-fopenmp", str(source), "-o", binary], check=True)
         lines = subprocess.run([binary], check=True, capture_output=True, text=True).stdout.splitlines()
     return {name: float(value) for name, value, *_ in (line.split() for line in lines)}
@@ -146,8 +148,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     picked = [LAYERS[int(i)] for i in args.layers.split(",")] if args.layers else LAYERS
-    peak = popcount_peak()
-    print("popcount peak, G bit-MACs/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), flush=True)
+    popcount, dot = peak("popcount_peak.c"), peak("dot_peak.c")
+    print("popcount peak, G bit-MACs/s: " + ", ".join(f"{k} {v:.0f}" for k, v in popcount.items())
+          + "; byte dot-product peak, G MACs/s: " + ", ".join(f"{k} {v:.0f}" for k, v in dot.items()), flush=True)
     rng = np.random.default_rng(0)
     rows = []
     for layer in picked:
@@ -161,7 +164,8 @@ def main() -> None:
                 ms, kernel_ms, plan = time_tvmbits(float_conv(layer, rng, "Sign"), x, args.repeat)
                 row["W1A1_kernel_gbitmacs"] = row["macs"] / kernel_ms / 1e6
             else:
-                ms, _, plan = time_tvmbits(float_conv(layer, rng, "Relu"), x, args.repeat, wbits, abits)
+                ms, kernel_ms, plan = time_tvmbits(float_conv(layer, rng, "Relu"), x, args.repeat, wbits, abits)
+                row[f"W{wbits}A{abits}_kernel_gmacs"] = row["macs"] / kernel_ms / 1e6
             assert plan["kernel"] != "float", plan
             row[f"W{wbits}A{abits}"] = ms
             row[f"W{wbits}A{abits}_bytes"] = plan["weight_bytes_packed"]
@@ -169,7 +173,7 @@ def main() -> None:
         row["fp32_bytes"] = cout * cin * 9 * 4
         rows.append(row)
         print(_line(row), flush=True)
-    report = _report(rows, args.repeat, peak)
+    report = _report(rows, args.repeat, popcount, dot)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "layers.md").write_text(report)
@@ -206,7 +210,7 @@ def _plot(rows, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def _report(rows, repeat, peak) -> str:
+def _report(rows, repeat, peak, dot) -> str:
     cpu = cpu_model()
     lines = [
         "# ResNet-18 3×3 conv layers: tvmbits vs ONNX Runtime",
@@ -250,6 +254,8 @@ def _report(rows, repeat, peak) -> str:
         )
         + ".",
         "",
+        _dot_line(rows, dot),
+        "",
         "Weight bytes over all layers: "
         f"fp32 {sum(r['fp32_bytes'] for r in rows)}, int8 {sum(r['fp32_bytes'] for r in rows) // 4}, "
         + ", ".join(f"W{w}A{a} {sum(r[f'W{w}A{a}_bytes'] for r in rows)}" for w, a in BITS)
@@ -257,6 +263,19 @@ def _report(rows, repeat, peak) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _dot_line(rows, dot) -> str:
+    """The W4A4 kernels alone against the byte dot-product peak (`dot_peak.c`), if measured."""
+    kernels = ", ".join(
+        f"{r['layer'][0]}²×{r['layer'][1]}→{r['layer'][2]} {r['W4A4_kernel_gmacs']:.0f}"
+        + (f" ({r['W4A4_kernel_gmacs'] / dot['vnni']:.0%})" if dot else "")
+        for r in rows
+    )
+    if not dot:
+        return f"No AVX512-VNNI on this CPU. W4A4 conv kernel alone, G MACs/s: {kernels}."
+    return (f"Byte dot-product peak of this machine (`dot_peak.c`, AVX512-VNNI, all cores): {dot['vnni']:.0f} "
+            f"G MACs/s. W4A4 conv kernel alone (input packing excluded), G MACs/s and fraction of it: {kernels}.")
 
 
 if __name__ == "__main__":
