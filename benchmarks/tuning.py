@@ -65,11 +65,12 @@ def main() -> None:
             "no tuning": CompileOptions(use_tuning=False),
         }
         session = runtime.Session.open()
-        loaded = {}
+        loaded, artifacts = {}, []  # an artifact's unpacked library lives as long as it does
         for name, options in builds.items():
             path = f"{tmp}/{len(loaded)}.tar"
             compile_model(model, path, options)
-            loaded[name] = session.load(open_artifact(path).library)
+            artifacts.append(open_artifact(path))
+            loaded[name] = session.load(artifacts[-1].library)
             runtime.run(session, loaded[name], [x])
         times = {name: [] for name in builds}
         for _ in range(args.rounds):
