@@ -83,7 +83,7 @@ def main() -> None:
         "# Tuning the binarized ResNet-18 example: a fresh run vs the shipped log",
         "",
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; tvmbits {tvmbits.__version__} on TVM {tvm.__version__}; "
-        f"shipped log: {default_log('x86_64')}.",
+        f"shipped log: {default_log('x86_64').relative_to(Path(__file__).parents[1])}.",
         "",
         f"`tvmbits tune --trials {args.trials}` took {seconds / 60:.1f} min and recorded {measured} "
         f"measurements (last progress line: `{last}`).",
