@@ -178,13 +178,18 @@ def main() -> None:
         row["fp32_bytes"] = cout * cin * 9 * 4
         rows.append(row)
         print(_line(row), flush=True)
-    report = _report(rows, args.repeat, popcount, dot)
-    out = Path(args.out)
+    path = write_report(args.out, "layers.md", _report(rows, args.repeat, popcount, dot))
+    _plot(rows, path.with_name("layers.png"))
+    print(f"wrote {path} and {path.with_name('layers.png')}")
+
+
+def write_report(folder: str, name: str, report: str) -> Path:
+    """Print `report` and write it to `folder`/`name`, making the folder; returns that path."""
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "layers.md").write_text(report)
-    _plot(rows, out / "layers.png")
+    (out / name).write_text(report)
     print(report)
-    print(f"wrote {out / 'layers.md'} and {out / 'layers.png'}")
+    return out / name
 
 
 def _line(row) -> str:

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 import tvmbits
-from layers import time_ort
+from layers import time_ort, write_report
 from tvmbits import runtime
 from tvmbits.artifact import open_artifact
 from tvmbits.compiler import CompileOptions, compile_model
@@ -132,11 +132,7 @@ def main() -> None:
         f"({float_bytes / packed_bytes:.1f}× fewer).",
         "",
     ])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "resnet18.md").write_text(report)
-    print(report)
-    print(f"wrote {out / 'resnet18.md'}")
+    print(f"wrote {write_report(args.out, 'resnet18.md', report)}")
 
 
 if __name__ == "__main__":

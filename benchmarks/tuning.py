@@ -23,6 +23,7 @@ import onnx
 import tvm
 
 import tvmbits
+from layers import write_report
 from tvmbits import runtime
 from tvmbits.artifact import open_artifact
 from tvmbits.compiler import CompileOptions, compile_model
@@ -95,11 +96,7 @@ def main() -> None:
         *rows,
         "",
     ])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tuning.md").write_text(report)
-    print(report)
-    print(f"wrote {out / 'tuning.md'}")
+    print(f"wrote {write_report(args.out, 'tuning.md', report)}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,17 @@ def test_tracker_key_reaches_that_board(model, tracker, tmp_path):
         assert boards[other].count("load_module") == loads[other], f"'{key}' also reached '{other}'"
 
 
+def test_tune_measures_on_the_tracker_board_of_the_key(model, tracker, folder, tmp_path):
+    port, boards = tracker
+    loads = {name: server.count("load_module") for name, server in boards.items()}
+    done, _ = tvmbits("tune", str(folder / "bnn.onnx"), "--tracker", f"127.0.0.1:{port}", "--key", "beta",
+                      "--trials", "2", "--log", str(tmp_path / "log"))
+    assert done.returncode == 0, done.stderr
+    assert " ms" in done.stderr and "failed" not in done.stderr
+    assert boards["beta"].count("load_module") >= loads["beta"] + 2
+    assert boards["alpha"].count("load_module") == loads["alpha"]
+
+
 def test_no_free_board_of_the_key(model, tracker):
     tar, x = model
     port, _ = tracker
