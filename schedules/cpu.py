@@ -25,7 +25,8 @@ after it. Output channels are split into vectors of `LANES`:
   channel-contiguous, is read as it is); the batch and the channel vectors are fused into one
   parallel loop, the reduction runs inside it and the lanes are vectorised;
 - the accumulators live in a "local" buffer, initialised before the reduction loops; the
-  innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`;
+  innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`
+  (`tvmbits tune` samples the chunk: a divisor of the loop up to 2·UNROLL);
 - the epilogues are inlined into the accumulators' write-back, so the accumulation never goes
   to memory; an epilogue that cannot be inlined stays a parallel loop nest of its own;
 - producers (padding, packing, unpacking sub-byte weights) stay whole, each a parallel loop nest with a
@@ -57,6 +58,7 @@ GROUPS = 4  # vectors of output channels accumulated together for one pixel
 MAX_PIXELS = 8  # LLVM can take minutes to allocate registers for much larger unrolled tiles
 TUNED_COLUMNS = 4  # the most columns of a tile `tvmbits tune` samples
 UNROLL = 8
+MAX_TUNED_STEP = 2 * UNROLL  # the most reduction steps a tuned schedule unrolls together
 TRANSPOSE_TILE = 16
 MIN_PARALLEL = 4096  # points below which a loop nest is not worth waking the thread pool
 
@@ -95,8 +97,9 @@ def accumulator_vectors(target: Target) -> int:
 
 def schedule_lowbit(sch: s_tir.Schedule, target: Target, tunable: bool = False) -> bool:
     """Schedule `sch` in place as the module docstring says; False (untouched) when it holds
-    neither one kernel nor a packing op. With `tunable`, the conv register tile (channel vectors
-    and pixels) is sampled with `sample_perfect_tile`: the design space MetaSchedule searches."""
+    neither one kernel nor a packing op. With `tunable`, the conv register tile (channel vectors,
+    columns, rows) and the reduction steps unrolled together are sampled: the design space
+    MetaSchedule searches."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(block).name_hint for block in blocks]
     kernels = [i for i, name in enumerate(names) if name in KERNELS]
@@ -234,7 +237,7 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     parallel = sch.fuse(*outer, group)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
-    _finish(sch, kernel, reduction, lane, inner, tensorize)
+    _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
 
 
 def _lane_order(lane, inner: list, tensorize: bool) -> list:
@@ -243,9 +246,10 @@ def _lane_order(lane, inner: list, tensorize: bool) -> list:
     return [lane, *inner] if tensorize else [*inner, lane]
 
 
-def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, tensorize: bool) -> None:
+def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, tensorize: bool,
+            tunable: bool) -> None:
     """Vectorise the lanes (or tensorize lane × DOT), split off the accumulator initialisation
-    and unroll the innermost reduction loop."""
+    and unroll the innermost reduction loop (by a sampled divisor, with `tunable`)."""
     if tensorize:
         init = sch.decompose_reduction(kernel, reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])
@@ -255,7 +259,11 @@ def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, ten
         sch.decompose_reduction(kernel, reduction[0])
         for loop in inner:
             sch.unroll(loop)
-    _unroll(sch, reduction[-1])
+    if tunable:
+        steps = sch.sample_perfect_tile(reduction[-1], n=2, max_innermost_factor=MAX_TUNED_STEP)
+        sch.unroll(sch.split(reduction[-1], factors=steps)[1])
+    else:
+        _unroll(sch, reduction[-1])
 
 
 def _vnni_operands(sch: s_tir.Schedule, kernel, target: Target) -> bool:
@@ -289,7 +297,7 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     parallel = sch.fuse(outer, n, y_outer, x_outer)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
-    _finish(sch, kernel, reduction, lane, inner, tensorize)
+    _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
     for loop in (row, pixel, group):
         sch.unroll(loop)
 

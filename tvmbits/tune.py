@@ -1,11 +1,11 @@
 """MetaSchedule tuning of a model's low-bit kernels (`tvmbits tune`).
 
 Tasks are the fused PrimFuncs of the lowered model that hold one kernel (`schedules.cpu`
-`is_tunable`); their design space is the default schedule with its register tile sampled
-(`schedule_lowbit(tunable=True)`), searched by MetaSchedule's evolutionary search with the
-XGBoost cost model, measured on this machine, on one board (`--rpc`, a `tvmbits board serve`)
-or on boards from a TVM tracker, and recorded in a tuning log (`tuning_log.py`) as each
-measurement finishes.
+`is_tunable`); their design space is the default schedule with its register tile and its
+unrolled reduction steps sampled (`schedule_lowbit(tunable=True)`), searched by MetaSchedule's
+evolutionary search with the XGBoost cost model, measured on this machine, on one board
+(`--rpc`, a `tvmbits board serve`) or on boards from a TVM tracker, and recorded in a tuning log
+(`tuning_log.py`) as each measurement finishes.
 """
 
 import functools
