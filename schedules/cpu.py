@@ -229,15 +229,19 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     *outer, channel = loops[:spatial]
     reduction = loops[spatial:]
     group, lane = sch.split(channel, factors=[None, lanes])
-    inner = []
-    if dot:
-        reduction[-1], c_inner = sch.split(reduction[-1], factors=[None, DOT])
-        inner = [c_inner]
+    inner = _split_dot(sch, reduction) if dot else []
     sch.reorder(group, *reduction, *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(*outer, group)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
     _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
+
+
+def _split_dot(sch: s_tir.Schedule, reduction: list) -> list:
+    """Split the DOT input channels of one dot product off the innermost reduction loop, in
+    place in `reduction`; returns [that DOT loop]."""
+    reduction[-1], dot = sch.split(reduction[-1], factors=[None, DOT])
+    return [dot]
 
 
 def _lane_order(lane, inner: list, tensorize: bool) -> list:
@@ -288,10 +292,7 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     outer, group = sch.split(vectors, factors=[None, groups])
     y_outer, row = sch.split(y, factors=[None, rows])
     x_outer, pixel = sch.split(x, factors=[None, pixels])
-    inner = []
-    if dot:
-        reduction[-1], c_inner = sch.split(reduction[-1], factors=[None, DOT])
-        inner = [c_inner]
+    inner = _split_dot(sch, reduction) if dot else []
     # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
     sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(outer, n, y_outer, x_outer)

@@ -127,21 +127,16 @@ def _cross_export(compiler: str):
 
 def _runner(rpc: str | None, tracker: str | None, key: str | None, timeout: float) -> ms.runner.Runner:
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if not rpc and not tracker:
+        return ms.runner.LocalRunner(evaluator_config=evaluator)
     if rpc:
         Session.open(rpc=rpc, timeout=timeout)  # one line, now, for a board that is not there
-        host, port = address("--rpc", rpc)
-        # MetaSchedule's RPC runner asks a tracker for each session; this one connects directly
-        config = ms.runner.RPCConfig(
-            tracker_host=host, tracker_port=port, tracker_key="direct", session_timeout_sec=int(timeout)
-        )
-        return ms.runner.RPCRunner(config, evaluator_config=evaluator, f_create_session=_connect_board)
-    if not tracker:
-        return ms.runner.LocalRunner(evaluator_config=evaluator)
-    host, port = address("--tracker", tracker)
+    host, port = address("--rpc", rpc) if rpc else address("--tracker", tracker)
     config = ms.runner.RPCConfig(
-        tracker_host=host, tracker_port=port, tracker_key=key, session_timeout_sec=int(timeout)
+        tracker_host=host, tracker_port=port, tracker_key=key or "direct", session_timeout_sec=int(timeout)
     )
-    return ms.runner.RPCRunner(config, evaluator_config=evaluator)
+    # MetaSchedule's RPC runner asks a tracker for each session; with --rpc it connects directly
+    return ms.runner.RPCRunner(config, evaluator_config=evaluator, f_create_session=_connect_board if rpc else None)
 
 
 def _connect_board(config: ms.runner.RPCConfig) -> tvm_rpc.RPCSession:

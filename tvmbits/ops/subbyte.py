@@ -135,10 +135,10 @@ def weight_offset_te(values: te.Tensor, act: Encoding, out_channels: int) -> te.
     k = te.reduce_axis((0, int(dot)), "rk")
 
     def total(o):
-        return te.sum(values[(o // lanes, *reduce, o % lanes, k)].astype("int32"), axis=[*reduce, k])
+        value = values[(o // lanes, *reduce, o % lanes, k)].astype("int32")
+        return te.sum(bias(act) * value, axis=[*reduce, k])
 
-    sums = te.compute((out_channels,), total, name="subbyte_weight_sum")
-    return te.compute((out_channels,), lambda o: bias(act) * sums[o], name="subbyte_weight_offset")
+    return te.compute((out_channels,), total, name="subbyte_weight_offset")
 
 
 def check_packed(data: te.Tensor, weight: te.Tensor, channels: int, wgt: Encoding) -> None:
