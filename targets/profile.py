@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tvm
 
-from tvmbits.errors import UserError
+from tvmbits.errors import TargetError
 
 PROFILE_DIR = Path(__file__).parent
 CUDA_FALLBACK_ARCH = "sm_90"
@@ -49,7 +49,7 @@ def load(name_or_path: str) -> Profile:
     if path.suffix != ".toml":
         path = PROFILE_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        raise UserError(
+        raise TargetError(
             f"unknown target '{name_or_path}': choose one of {', '.join(available())} "
             "or give a profile .toml file"
         )
@@ -67,7 +67,7 @@ def load(name_or_path: str) -> Profile:
             tuning_trials=int(data.get("tuning_trials", 1000)),
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{path}: not a valid target profile ({err!r})") from None
+        raise TargetError(f"{path}: not a valid target profile ({err!r})") from None
 
 
 def _resolve(target: dict) -> dict:

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from tvmbits.errors import UserError
 from tvmbits.ops.encoding import Encoding
 
 ALL = [Encoding("bipolar", 1)] + [Encoding(k, b) for k in ("unsigned", "signed") for b in range(1, 9)]
@@ -38,8 +37,8 @@ def test_values_are_offset_plus_weighted_bit_planes(encoding):
     [("bipolar", 2, "bipolar is 1 bit"), ("unsigned", 0, "bits must be 1 to 8"),
      ("signed", 9, "bits must be 1 to 8"), ("ternary", 2, "unknown encoding 'ternary'")],
 )
-def test_bad_encodings_are_user_errors(kind, bits, message):
-    with pytest.raises(UserError, match=message):
+def test_bad_encodings_raise_value_error(kind, bits, message):
+    with pytest.raises(ValueError, match=message):
         Encoding(kind, bits)
 
 

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tvmbits.errors import UserError
+from tvmbits.errors import ArtifactError
 
 FORMAT = 1
 LIBRARY = "lib.so"
@@ -56,25 +56,25 @@ def open_artifact(path: str | Path) -> Artifact:
     """Extract and validate `path`; every defect is a one-line UserError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such artifact")
+        raise ArtifactError(f"{path}: no such artifact")
     workdir = tempfile.TemporaryDirectory(prefix="tvmbits-")
     try:
         with tarfile.open(path) as tar:
             names = set(tar.getnames())
             if not {LIBRARY, METADATA} <= names:
-                raise UserError(f"{path}: not a tvmbits artifact (needs {LIBRARY} and {METADATA})")
+                raise ArtifactError(f"{path}: not a tvmbits artifact (needs {LIBRARY} and {METADATA})")
             tar.extract(LIBRARY, workdir.name, filter="data")
             metadata = json.load(tar.extractfile(METADATA))
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise UserError(f"{path}: not a readable tar archive ({err})") from None
+        raise ArtifactError(f"{path}: not a readable tar archive ({err})") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: {METADATA} is not valid JSON") from None
+        raise ArtifactError(f"{path}: {METADATA} is not valid JSON") from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(metadata, dict) or key not in metadata]
     if missing:
-        raise UserError(f"{path}: {METADATA} lacks {', '.join(missing)}")
+        raise ArtifactError(f"{path}: {METADATA} lacks {', '.join(missing)}")
     if metadata["format"] != FORMAT:
-        raise UserError(f"{path}: artifact format {metadata['format']} is not {FORMAT}; recompile it")
+        raise ArtifactError(f"{path}: artifact format {metadata['format']} is not {FORMAT}; recompile it")
     library = Path(workdir.name) / LIBRARY
     if sha256(library) != metadata["library_sha256"]:
-        raise UserError(f"{path}: {LIBRARY} does not match its checksum; the artifact is corrupt")
+        raise ArtifactError(f"{path}: {LIBRARY} does not match its checksum; the artifact is corrupt")
     return Artifact(metadata, library, workdir)

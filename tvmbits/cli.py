@@ -7,12 +7,12 @@ import argparse
 import json
 import sys
 
-from tvmbits.errors import UserError
+from tvmbits.errors import OptionError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
+        raise OptionError(f"{self.prog}: {message}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,9 +115,9 @@ def _tune(args) -> int:
     from tvmbits.tuning_log import default_log
 
     if bool(args.tracker) != bool(args.key):
-        raise UserError("--tracker and --key go together")
+        raise OptionError("--tracker and --key go together")
     if args.rpc and args.tracker:
-        raise UserError("--rpc and --tracker: measure on one board or on the tracker's, not both")
+        raise OptionError("--rpc and --tracker: measure on one board or on the tracker's, not both")
     profile = profiles.load(args.target)
     options = CompileOptions(
         target=args.target, wbits=args.wbits, abits=args.abits, all_layers=args.all_layers, kernel=args.kernel
@@ -157,7 +157,7 @@ def _shape(item: str) -> tuple[str, tuple[int, ...]]:
     except ValueError:
         shape = ()
     if not sep or not name or not shape or min(shape) < 1:
-        raise UserError(f"--input-shape {item}: expected NAME=D1,D2,... with positive integers")
+        raise OptionError(f"--input-shape {item}: expected NAME=D1,D2,... with positive integers")
     return name, shape
 
 
@@ -166,11 +166,11 @@ def _run(args) -> int:
     from tvmbits.artifact import open_artifact
 
     if args.repeat < 0:
-        raise UserError(f"--repeat {args.repeat}: must be 0 or more")
+        raise OptionError(f"--repeat {args.repeat}: must be 0 or more")
     if args.rpc and args.tracker:
-        raise UserError("give either --rpc or --tracker, not both")
+        raise OptionError("give either --rpc or --tracker, not both")
     if bool(args.tracker) != bool(args.key):
-        raise UserError("--tracker and --key go together")
+        raise OptionError("--tracker and --key go together")
     art = open_artifact(args.artifact)
     inputs = deploy.read_inputs(args.input, art.metadata)
     session = runtime.Session.open(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)

@@ -17,7 +17,7 @@ from tvm import relax
 
 import tvmbits
 from tvmbits import artifact, tuning_log
-from tvmbits.errors import UserError
+from tvmbits.errors import InputError, OptionError, TargetError
 from tvmbits.frontend import onnx as onnx_frontend
 from tvmbits.passes.assign_bits import assign_bits, check_bits
 from tvmbits.passes.calibrate import calibrate, needs_calibration
@@ -137,7 +137,7 @@ def _export(executable, library: Path, profile) -> None:
         executable.export_library(str(library), fcompile=fcompile)
     except Exception as err:  # the linker's own message says what is missing
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"linking for target {profile.name} failed: {first}") from None
+        raise TargetError(f"linking for target {profile.name} failed: {first}") from None
 
 
 def _calibration_samples(imported, files: list[str], log) -> list[list[np.ndarray]]:
@@ -152,16 +152,16 @@ def _calibration_samples(imported, files: list[str], log) -> list[list[np.ndarra
             for seed in range(RANDOM_CALIBRATION_SAMPLES)
         ]
     if len(specs) != 1:
-        raise UserError("--calibrate takes samples for single-input models only")
+        raise OptionError("--calibrate takes samples for single-input models only")
     spec = specs[0]
     samples = []
     for path in files:
         try:
             array = np.load(path)
         except (OSError, ValueError) as err:
-            raise UserError(f"{path}: not a .npy array ({err})") from None
+            raise InputError(f"{path}: not a .npy array ({err})") from None
         batch = array.reshape((-1, *spec.shape)) if array.size % np.prod(spec.shape) == 0 else None
         if batch is None:
-            raise UserError(f"{path}: shape {array.shape} does not fit input '{spec.name}' {spec.shape}")
+            raise InputError(f"{path}: shape {array.shape} does not fit input '{spec.name}' {spec.shape}")
         samples.extend([[sample.astype(spec.dtype)] for sample in batch])
     return samples

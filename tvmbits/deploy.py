@@ -12,7 +12,7 @@ import numpy as np
 
 from tvmbits import runtime
 from tvmbits.artifact import Artifact
-from tvmbits.errors import UserError
+from tvmbits.errors import BoardError, InputError
 
 
 @dataclass
@@ -30,25 +30,25 @@ def read_inputs(specs: list[str], metadata: dict) -> dict[str, np.ndarray]:
         name, sep, path = item.rpartition("=")
         if not sep:
             if len(expected) != 1:
-                raise UserError(f"--input {item}: say which input, as NAME=FILE.npy ({', '.join(expected)})")
+                raise InputError(f"--input {item}: say which input, as NAME=FILE.npy ({', '.join(expected)})")
             name = next(iter(expected))
         if name not in expected:
-            raise UserError(f"--input {item}: the model has no input '{name}' (inputs: {', '.join(expected)})")
+            raise InputError(f"--input {item}: the model has no input '{name}' (inputs: {', '.join(expected)})")
         try:
             arrays[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
-            raise UserError(f"--input {item}: cannot read {path} as .npy ({type(err).__name__})") from None
+            raise InputError(f"--input {item}: cannot read {path} as .npy ({type(err).__name__})") from None
     missing = [name for name in expected if name not in arrays]
     if missing:
-        raise UserError(f"missing --input for {', '.join(missing)}")
+        raise InputError(f"missing --input for {', '.join(missing)}")
     for name, array in arrays.items():
         spec = expected[name]
         if tuple(array.shape) != tuple(spec["shape"]):
-            raise UserError(
+            raise InputError(
                 f"input '{name}': shape {tuple(array.shape)} does not match the model's {tuple(spec['shape'])}"
             )
         if array.dtype != np.dtype(spec["dtype"]):
-            raise UserError(f"input '{name}': dtype {array.dtype} does not match the model's {spec['dtype']}")
+            raise InputError(f"input '{name}': dtype {array.dtype} does not match the model's {spec['dtype']}")
     return arrays
 
 
@@ -58,7 +58,7 @@ def check_board(meta: dict, session: "runtime.Session") -> None:
     than the device has. A board that cannot say (a plain TVM rpc_server) is not checked."""
     machine = session.machine()
     if meta["device"] == "cpu" and machine is not None and machine != meta["arch"]:
-        raise UserError(
+        raise BoardError(
             f"artifact is built for {meta['profile']} ({meta['arch']}) but {session.describe()} is {machine}"
         )
     versions = session.versions()
@@ -67,7 +67,7 @@ def check_board(meta: dict, session: "runtime.Session") -> None:
     for package, key in (("tvm", "tvm_version"), ("tvmbits", "tvmbits_version")):
         built = meta.get(key)
         if built is not None and _release(built) != _release(versions[package]):
-            raise UserError(
+            raise BoardError(
                 f"artifact is built with {package} {built} but {session.describe()} has {package} "
                 f"{versions[package]}: install {package} {'.'.join(_release(built))} there, or recompile"
             )

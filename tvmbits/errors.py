@@ -1,9 +1,38 @@
-"""The one exception type for failures the user can fix.
+"""The exceptions tvmbits raises for failures the user can fix.
 
-The CLI prints a `UserError` as a single line on stderr and exits with code 2, no traceback.
-The message names what the user controls: the file, the node, the flag, the board.
+Each is a `ValueError` whose message is one line naming what the user controls: the file, the
+node, the flag, the board. The library raises them; the CLI prints the message on stderr and
+exits with code 2, no traceback. Catch `UserError` for all of them.
 """
 
 
-class UserError(Exception):
-    """A bad model, flag, input, artifact, tuning log or board, described in one line."""
+class UserError(ValueError):
+    """A bad model, option, input, artifact, tuning log, target or board, described in one line."""
+
+
+class ModelError(UserError):
+    """The model file: missing, not ONNX, an unsupported op, a malformed quantizer."""
+
+
+class OptionError(UserError):
+    """A compile/run/tune option: a bit width, a kernel name, a shape, a timeout."""
+
+
+class TargetError(UserError):
+    """A target profile that does not exist or does not parse, or a build that cannot link."""
+
+
+class ArtifactError(UserError):
+    """A compiled artifact that is missing, corrupt, or cannot be written where asked."""
+
+
+class InputError(UserError):
+    """Inputs to a compiled model: wrong names, shapes, dtypes or files."""
+
+
+class BoardError(UserError):
+    """A board or tracker: unreachable, dropped mid-run, no free board, or the wrong machine."""
+
+
+class TuningLogError(UserError):
+    """A tuning log folder that cannot be read or written."""

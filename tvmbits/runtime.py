@@ -25,7 +25,7 @@ from tvm import rpc as tvm_rpc
 
 from tvmbits.board import profiler
 from tvmbits.board.serve import address
-from tvmbits.errors import UserError
+from tvmbits.errors import ArtifactError, BoardError, OptionError
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Session:
         """Open this machine (no arguments), a board at `rpc` HOST:PORT, or a board of `key`
         from the tracker at `tracker` HOST:PORT, giving up after `timeout` seconds."""
         if timeout <= 0:
-            raise UserError(f"--timeout {timeout}: must be positive")
+            raise OptionError(f"--timeout {timeout}: must be positive")
         if rpc:
             host, port = address("--rpc", rpc)
             where = f"board {rpc}"
@@ -99,7 +99,7 @@ class Session:
 
     def device(self, kind: str) -> tvm.runtime.Device:
         if kind not in ("cpu", "cuda"):
-            raise UserError(f"unknown device kind '{kind}' in the artifact")
+            raise ArtifactError(f"unknown device kind '{kind}' in the artifact")
         host = self.remote if self.remote is not None else tvm
         return host.cpu() if kind == "cpu" else host.cuda()
 
@@ -113,7 +113,7 @@ class Session:
             self._call("uploading the library", lambda: self.remote.upload(str(library)))
             lib = self._call("loading the library", lambda: self.remote.load_module(name))
         if device_kind == "cuda" and not self._call("opening its GPU", lambda: dev.exist):
-            raise UserError(f"{self.where} has no CUDA device to run this artifact on")
+            raise BoardError(f"{self.where} has no CUDA device to run this artifact on")
         vm = self._call("starting the VM", lambda: relax.VirtualMachine(lib, dev))
         return Loaded(lib, vm, dev)
 
@@ -127,7 +127,7 @@ class Session:
         try:
             return fn()
         except Exception as err:  # TVM re-raises the board's errors as Python builtins of any kind
-            raise UserError(f"{self.where} failed while {what}: {_link_error(err)}") from None
+            raise BoardError(f"{self.where} failed while {what}: {_link_error(err)}") from None
 
 
 def run(session: Session, loaded: Loaded, args: list[np.ndarray]) -> list[np.ndarray]:
@@ -165,7 +165,7 @@ def profile(session: Session, loaded: Loaded, args: list[np.ndarray], runs: int 
         try:
             remote_profile = session.remote.get_function(profiler.PROFILE)
         except Exception:
-            raise UserError(
+            raise BoardError(
                 f"{session.where} cannot profile: start it with `tvmbits board serve` "
                 "(a plain TVM rpc_server has no profiler)"
             ) from None
@@ -181,9 +181,9 @@ def _reachable(host: str, port: int, where: str, timeout: float) -> None:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except socket.timeout:
-        raise UserError(f"{where} is unreachable: no answer within {timeout:g} s") from None
+        raise BoardError(f"{where} is unreachable: no answer within {timeout:g} s") from None
     except OSError as err:
-        raise UserError(f"{where} is unreachable: {err.strerror or err}") from None
+        raise BoardError(f"{where} is unreachable: {err.strerror or err}") from None
 
 
 def _within(timeout: float, fn, where: str, what: str):
@@ -203,9 +203,9 @@ def _within(timeout: float, fn, where: str, what: str):
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise UserError(f"{where}: gave up {what} after {timeout:g} s")
+        raise BoardError(f"{where}: gave up {what} after {timeout:g} s")
     if "error" in result:
-        raise UserError(f"{where}: failed {what}: {_first_line(result['error'])}")
+        raise BoardError(f"{where}: failed {what}: {_first_line(result['error'])}")
     return result["value"]
 
 

@@ -22,7 +22,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvmbits import tuning_log
 from tvmbits.board.serve import address
 from tvmbits.compiler import CompileOptions, lower_model
-from tvmbits.errors import UserError
+from tvmbits.errors import ModelError, OptionError
 from tvmbits.passes.pipeline import fuse
 from tvmbits.runtime import Session
 from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
@@ -48,7 +48,7 @@ def tune_model(
     """Tune the low-bit kernels of `model_path` for `options.target` with `trials` measurements
     in all, appending to the tuning log `log_dir`; returns the number of tasks."""
     if trials < 1:
-        raise UserError(f"--trials {trials}: must be at least 1")
+        raise OptionError(f"--trials {trials}: must be at least 1")
     runner = _runner(rpc, tracker, key, timeout)  # a bad board fails before the slow lowering
     lowered = lower_model(model_path, options, log)
     target = lowered.target
@@ -59,7 +59,7 @@ def tune_model(
         if is_tunable(task.dispatched[0]["main"])
     ]
     if not tasks:
-        raise UserError(f"{model_path}: no low-bit kernels to tune for {lowered.profile.name}")
+        raise ModelError(f"{model_path}: no low-bit kernels to tune for {lowered.profile.name}")
     database = tuning_log.open_database(log_dir, log, create=True)
     tuning_log.write_tuned_on(Path(log_dir), lowered.profile.name)
     log(f"tuning {len(tasks)} kernels with {trials} trials in all; log: {log_dir}")

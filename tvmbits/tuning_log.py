@@ -18,7 +18,7 @@ from typing import Callable
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
-from tvmbits.errors import UserError
+from tvmbits.errors import TuningLogError
 
 LOGS_DIR = Path(__file__).resolve().parents[1] / "tuning_logs"
 WORKLOADS = "database_workload.json"
@@ -36,7 +36,7 @@ def open_database(folder: str | Path, log: Callable[[str], None], create: bool =
     folder = Path(folder)
     if not folder.is_dir():
         if not create:
-            raise UserError(f"{folder}: no such tuning log folder")
+            raise TuningLogError(f"{folder}: no such tuning log folder")
         folder.mkdir(parents=True)
     workloads = _clean_lines(folder / WORKLOADS, lambda value: isinstance(value, list), log)
     _clean_lines(

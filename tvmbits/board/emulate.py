@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tvmbits.errors import UserError
+from tvmbits.errors import BoardError
 
 SUITE = "bookworm"
 PYTHON = "3.11"
@@ -82,9 +82,9 @@ def cache_dir() -> Path:
 
 def board_arch(name: str) -> BoardArch:
     if name in NOT_EMULATED:
-        raise UserError(f"cannot emulate {name}: {NOT_EMULATED[name]}")
+        raise BoardError(f"cannot emulate {name}: {NOT_EMULATED[name]}")
     if name not in ARCHS:
-        raise UserError(f"cannot emulate '{name}': emulated boards are {', '.join(ARCHS)}")
+        raise BoardError(f"cannot emulate '{name}': emulated boards are {', '.join(ARCHS)}")
     return ARCHS[name]
 
 
@@ -179,7 +179,7 @@ def serve(name: str, port: int, log=print) -> None:
     board = start(name, port)
     try:
         code = board.wait()
-        raise UserError(f"the emulated {name} board stopped (exit code {code})")
+        raise BoardError(f"the emulated {name} board stopped (exit code {code})")
     finally:
         stop(board)
 
@@ -202,16 +202,16 @@ def debian_mirror() -> str:
                 words = re.sub(r"\[[^]]*\]", "", line).split()
                 if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
                     return words[1]
-    raise UserError(f"no Debian {SUITE} mirror in /etc/apt/sources.list or sources.list.d to debootstrap from")
+    raise BoardError(f"no Debian {SUITE} mirror in /etc/apt/sources.list or sources.list.d to debootstrap from")
 
 
 def _check_host(arch: BoardArch) -> None:
     if os.geteuid() != 0:
-        raise UserError("an emulated board needs root (debootstrap, chroot and mount)")
+        raise BoardError("an emulated board needs root (debootstrap, chroot and mount)")
     missing = [tool for tool in ("debootstrap", "chroot", "unshare", "update-binfmts", f"{arch.qemu}-static")
                if shutil.which(tool) is None]
     if missing:
-        raise UserError(f"an emulated board needs {', '.join(missing)}: run scripts/setup.sh")
+        raise BoardError(f"an emulated board needs {', '.join(missing)}: run scripts/setup.sh")
 
 
 def _enable_binfmt(arch: BoardArch) -> None:
@@ -224,7 +224,7 @@ def _enable_binfmt(arch: BoardArch) -> None:
     if not entry.exists() or not entry.read_text().startswith("enabled"):
         _quiet(["update-binfmts", "--enable", arch.qemu], f"enabling {arch.qemu} in binfmt_misc")
     if not entry.exists() or not entry.read_text().startswith("enabled"):
-        raise UserError(f"{arch.qemu} is not registered with binfmt_misc: install qemu-user-static and binfmt-support")
+        raise BoardError(f"{arch.qemu} is not registered with binfmt_misc: install qemu-user-static and binfmt-support")
 
 
 def _install_board_side(root: Path) -> None:
@@ -259,14 +259,14 @@ def _step(cmd: list[str], build_log, log_path: Path, log, started: float) -> Non
             log(f"      {time.monotonic() - started:4.0f} s  {line.strip()[3:]}")
     if proc.wait() != 0:
         build_log.flush()
-        raise UserError(f"building the board failed at `{cmd[0]}` ({last}); see {log_path}")
+        raise BoardError(f"building the board failed at `{cmd[0]}` ({last}); see {log_path}")
 
 
 def _quiet(cmd: list[str], what: str) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        raise UserError(f"{what} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+        raise BoardError(f"{what} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
 
 
 def _remove_tree(path: Path) -> None:

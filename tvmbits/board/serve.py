@@ -16,7 +16,7 @@ import socket
 import sys
 
 from tvmbits.board import profiler
-from tvmbits.errors import UserError
+from tvmbits.errors import BoardError
 
 
 def serve(host: str = "127.0.0.1", port: int = 9090, tracker: str | None = None, key: str | None = None) -> None:
@@ -28,10 +28,10 @@ def serve(host: str = "127.0.0.1", port: int = 9090, tracker: str | None = None,
     from tvm import rpc
 
     if bool(tracker) != bool(key):
-        raise UserError("--tracker and --key go together")
+        raise BoardError("--tracker and --key go together")
     tracker_addr = address("--tracker", tracker) if tracker else None
     if not 0 < port < 65536:
-        raise UserError(f"--port {port}: must be 1-65535")
+        raise BoardError(f"--port {port}: must be 1-65535")
     if not _is_loopback(host):
         print(
             f"tvmbits: warning: TVM RPC has no authentication: anyone who can reach {host}:{port} "
@@ -50,7 +50,7 @@ def serve(host: str = "127.0.0.1", port: int = 9090, tracker: str | None = None,
         via = f", registered as '{key}' with tracker {tracker}" if tracker else ""
         print(f"tvmbits: serving TVM RPC on {host}:{server.port}{via}", flush=True)
         server.proc.join()
-        raise UserError(f"the TVM RPC server on {host}:{port} stopped")
+        raise BoardError(f"the TVM RPC server on {host}:{port} stopped")
     finally:
         server.terminate()
 
@@ -60,13 +60,13 @@ def _probe_bind(host: str, port: int) -> None:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as err:
-        raise UserError(f"--host {host}: {err.strerror}") from None
+        raise BoardError(f"--host {host}: {err.strerror}") from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as err:
-            raise UserError(f"cannot serve on {host}:{port}: {err.strerror}") from None
+            raise BoardError(f"cannot serve on {host}:{port}: {err.strerror}") from None
 
 
 def _probe_tracker(tracker: str, tracker_addr: tuple[str, int]) -> None:
@@ -75,7 +75,7 @@ def _probe_tracker(tracker: str, tracker_addr: tuple[str, int]) -> None:
     try:
         socket.create_connection(tracker_addr, timeout=10).close()
     except OSError as err:
-        raise UserError(f"tracker {tracker} is unreachable: {err.strerror or err}") from None
+        raise BoardError(f"tracker {tracker} is unreachable: {err.strerror or err}") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -90,5 +90,5 @@ def address(flag: str, value: str) -> tuple[str, int]:
     """`value` given to `flag` as (host, port); a UserError unless it is HOST:PORT."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"{flag} {value}: expected HOST:PORT")
+        raise BoardError(f"{flag} {value}: expected HOST:PORT")
     return host, int(port)

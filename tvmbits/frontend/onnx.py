@@ -18,7 +18,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-from tvmbits.errors import UserError
+from tvmbits.errors import ModelError
 from tvmbits.frontend import qdq, qonnx
 from tvmbits.frontend.facts import LayerFacts
 from tvmbits.frontend.graph_edit import LAYER_OPS, node_name
@@ -47,18 +47,18 @@ def load(path: str | Path) -> onnx.ModelProto:
     """Read and check an ONNX file; every failure is a one-line UserError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such model file")
+        raise ModelError(f"{path}: no such model file")
     try:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, OSError) as err:
-        raise UserError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+        raise ModelError(f"{path}: not an ONNX model ({type(err).__name__})") from None
     if not model.graph.node:
-        raise UserError(f"{path}: not an ONNX model (no graph nodes)")
+        raise ModelError(f"{path}: not an ONNX model (no graph nodes)")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         first_line = str(err).strip().splitlines()[0]
-        raise UserError(f"{path}: invalid ONNX model: {first_line}") from None
+        raise ModelError(f"{path}: invalid ONNX model: {first_line}") from None
     return model
 
 
@@ -84,7 +84,7 @@ def import_model(
         )
     except Exception as err:  # the importer raises bare Exception/ValueError/TVMError alike
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{source}: TVM's ONNX importer failed: {message}") from None
+        raise ModelError(f"{source}: TVM's ONNX importer failed: {message}") from None
     mod = relax.transform.FoldConstant()(mod)
     return ImportedModel(mod, inputs, _output_specs(mod, model), _layer_names(model), facts)
 
@@ -94,7 +94,7 @@ def _check_supported(model: onnx.ModelProto, source: str) -> None:
     for node in model.graph.node:
         if node.op_type not in supported and node.op_type not in ("Constant", "If"):
             domain = f" (domain {node.domain})" if node.domain else ""
-            raise UserError(
+            raise ModelError(
                 f"{source}: node '{node.name or node.output[0]}' uses op {node.op_type}{domain}, "
                 "which TVM's ONNX importer does not support"
             )
@@ -113,7 +113,7 @@ def _input_specs(model, source, input_shapes) -> list[TensorSpec]:
         else:
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
             if None in dims:
-                raise UserError(
+                raise ModelError(
                     f"{source}: input '{value.name}' has symbolic dimensions; "
                     f"give them with --input-shape {value.name}=D1,D2,..."
                 )
@@ -121,7 +121,7 @@ def _input_specs(model, source, input_shapes) -> list[TensorSpec]:
         specs.append(TensorSpec(value.name, shape, dtype))
     unknown = set(input_shapes) - {spec.name for spec in specs}
     if unknown:
-        raise UserError(f"{source}: --input-shape names no graph input: {', '.join(sorted(unknown))}")
+        raise ModelError(f"{source}: --input-shape names no graph input: {', '.join(sorted(unknown))}")
     return specs
 
 

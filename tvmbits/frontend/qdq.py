@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from tvmbits.errors import UserError
+from tvmbits.errors import ModelError
 from tvmbits.frontend.facts import LayerFacts, QuantizedTensor, collect_layer_facts, uniform
 from tvmbits.frontend.graph_edit import GraphEdit, node_name
 
@@ -148,14 +148,14 @@ class _Params:
         self.axis, self.block = attrs.get("axis", 1), attrs.get("block_size", 0)
         scale = edit.constant_of(node.input[1])
         if scale is None:
-            raise UserError(f"{self.where}: scale '{node.input[1]}' is not a constant")
+            raise ModelError(f"{self.where}: scale '{node.input[1]}' is not a constant")
         self.scale = np.asarray(scale, np.float32)
         if self.scale.size == 0 or not np.all(np.isfinite(self.scale)) or not np.all(self.scale > 0):
-            raise UserError(f"{self.where}: scale must be positive and finite, got {self.scale.ravel()[:4]}")
+            raise ModelError(f"{self.where}: scale must be positive and finite, got {self.scale.ravel()[:4]}")
         zero_name = node.input[2] if len(node.input) > 2 else ""
         zero = edit.constant_of(zero_name)
         if zero_name and zero is None:
-            raise UserError(f"{self.where}: zero point '{zero_name}' is not a constant")
+            raise ModelError(f"{self.where}: zero point '{zero_name}' is not a constant")
         if zero_name:
             elem = _elem_type(edit, zero_name)
         elif node.op_type == "QuantizeLinear":
@@ -177,11 +177,11 @@ class _Params:
         if array.ndim == 0 or array.size == 1 and not self.block:
             return array.reshape(())
         if self.rank is None:
-            raise UserError(f"{self.where}: per-axis parameters on a tensor of unknown rank")
+            raise ModelError(f"{self.where}: per-axis parameters on a tensor of unknown rank")
         axis = self.axis % self.rank
         if self.block:
             if length is None:
-                raise UserError(f"{self.where}: blocked quantization of a computed tensor is not supported")
+                raise ModelError(f"{self.where}: blocked quantization of a computed tensor is not supported")
             return np.take(np.repeat(array, self.block, axis=axis), np.arange(length), axis=axis)
         shape = [1] * self.rank
         shape[axis] = array.size

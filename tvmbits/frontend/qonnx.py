@@ -31,7 +31,7 @@ mode) raise a one-line UserError naming the node.
 import numpy as np
 import onnx
 
-from tvmbits.errors import UserError
+from tvmbits.errors import ModelError
 from tvmbits.frontend import rounding
 from tvmbits.frontend.facts import LayerFacts, QuantizedTensor, collect_layer_facts, uniform
 from tvmbits.frontend.graph_edit import GraphEdit, node_name
@@ -90,41 +90,41 @@ class _Quantizer:
     # -- checks -------------------------------------------------------------------------
     def _input(self, index: int, what: str) -> np.ndarray:
         if index >= len(self.node.input) or not self.node.input[index]:
-            raise UserError(f"{self.where}: missing input {what}")
+            raise ModelError(f"{self.where}: missing input {what}")
         value = self.edit.constant_of(self.node.input[index])
         if value is None:
-            raise UserError(f"{self.where}: {what} '{self.node.input[index]}' is not a constant")
+            raise ModelError(f"{self.where}: {what} '{self.node.input[index]}' is not a constant")
         return np.asarray(value, np.float32)
 
     def _scale(self, index: int, what: str = "scale") -> np.ndarray:
         scale = self._input(index, what)
         if scale.size == 0 or not np.all(np.isfinite(scale)) or not np.all(scale > 0):
-            raise UserError(f"{self.where}: {what} must be positive and finite, got {_show(scale)}")
+            raise ModelError(f"{self.where}: {what} must be positive and finite, got {_show(scale)}")
         return scale
 
     def _bits(self, index: int, what: str = "bitwidth") -> int:
         bits = self._input(index, what)
         if bits.size != 1 or not np.isfinite(bits.item()) or bits.item() != int(bits.item()) or bits.item() < 1:
-            raise UserError(f"{self.where}: {what} must be a positive integer, got {_show(bits)}")
+            raise ModelError(f"{self.where}: {what} must be a positive integer, got {_show(bits)}")
         return int(bits.item())
 
     def _flag(self, name: str, default: int) -> bool:
         value = self.attrs.get(name, default)
         if value not in (0, 1):
-            raise UserError(f"{self.where}: attribute {name}={value} must be 0 or 1")
+            raise ModelError(f"{self.where}: attribute {name}={value} must be 0 or 1")
         return bool(value)
 
     def _mode(self, default: str) -> str:
         mode = self.attrs.get("rounding_mode", default)
         mode = (mode.decode() if isinstance(mode, bytes) else mode).upper()
         if mode not in rounding.MODES:
-            raise UserError(f"{self.where}: unknown rounding_mode {mode} (use one of {', '.join(rounding.MODES)})")
+            raise ModelError(f"{self.where}: unknown rounding_mode {mode} (use one of {', '.join(rounding.MODES)})")
         return mode
 
     def _zero_point(self, index: int, lo: int, hi: int) -> np.ndarray:
         zero = self._input(index, "zero point")
         if zero.size == 0 or not np.all(zero == np.round(zero)) or zero.min() < lo or zero.max() > hi:
-            raise UserError(f"{self.where}: zero point must be an integer in {lo}..{hi}, got {_show(zero)}")
+            raise ModelError(f"{self.where}: zero point must be an integer in {lo}..{hi}, got {_show(zero)}")
         return zero
 
     def _check_quant(self) -> None:
@@ -152,7 +152,7 @@ class _Quantizer:
             self.trunc = (2 ** np.round(np.log2(self.out_scale / self.scale))).astype(np.float32)
         else:
             if self.out_bits > in_bits:
-                raise UserError(f"{self.where}: output bitwidth {self.out_bits} exceeds input bitwidth {in_bits}")
+                raise ModelError(f"{self.where}: output bitwidth {self.out_bits} exceeds input bitwidth {in_bits}")
             self.trunc = np.float32(2.0 ** (in_bits - self.out_bits))
         self.zero = self._zero_point(2, -(2**in_bits) + 1, 2**in_bits - 1)
 

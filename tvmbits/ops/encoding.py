@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvmbits.errors import UserError
 
 KINDS = ("bipolar", "unsigned", "signed")
 MAX_BITS = 8
@@ -27,11 +26,11 @@ class Encoding:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise UserError(f"unknown encoding {self.kind!r}: use one of {', '.join(KINDS)}")
+            raise ValueError(f"unknown encoding {self.kind!r}: use one of {', '.join(KINDS)}")
         if not 1 <= self.bits <= MAX_BITS:
-            raise UserError(f"{self.kind} encoding with {self.bits} bits: bits must be 1 to {MAX_BITS}")
+            raise ValueError(f"{self.kind} encoding with {self.bits} bits: bits must be 1 to {MAX_BITS}")
         if self.kind == "bipolar" and self.bits != 1:
-            raise UserError(f"bipolar encoding with {self.bits} bits: bipolar is 1 bit")
+            raise ValueError(f"bipolar encoding with {self.bits} bits: bipolar is 1 bit")
 
     @property
     def coefficients(self) -> tuple[int, ...]:

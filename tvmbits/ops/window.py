@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from tvm import tirx
 from tvm.ir import Expr
 
-from tvmbits.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -21,11 +20,11 @@ class Window:
 
     def __post_init__(self):
         if len(self.strides) != 2 or min(self.strides) < 1:
-            raise UserError(f"conv2d strides {self.strides}: need two positive integers")
+            raise ValueError(f"conv2d strides {self.strides}: need two positive integers")
         if len(self.padding) != 4 or min(self.padding) < 0:
-            raise UserError(f"conv2d padding {self.padding}: need (top, left, bottom, right) ≥ 0")
+            raise ValueError(f"conv2d padding {self.padding}: need (top, left, bottom, right) ≥ 0")
         if min(self.out_size) < 1:
-            raise UserError(f"conv2d kernel {self.kernel} is larger than its padded input")
+            raise ValueError(f"conv2d kernel {self.kernel} is larger than its padded input")
 
     @classmethod
     def of(cls, in_size, kernel, strides, padding) -> "Window":

@@ -19,7 +19,7 @@ Kernel: bit-serial when both operands have at most 2 bits (on a target with byte
 
 import numpy as np
 
-from tvmbits.errors import UserError
+from tvmbits.errors import OptionError
 from tvmbits.frontend.facts import LayerFacts
 from tvmbits.ops.encoding import Encoding
 from tvmbits.passes.layer_plan import LayerPlan
@@ -31,7 +31,7 @@ KERNELS = ("auto", "bitserial", "subbyte")
 
 def check_bits(flag: str, bits: int | None) -> None:
     if bits is not None and not 1 <= bits <= 8:
-        raise UserError(f"{flag} {bits}: bit widths must be between 1 and 8")
+        raise OptionError(f"{flag} {bits}: bit widths must be between 1 and 8")
 
 
 def assign_bits(
@@ -47,7 +47,7 @@ def assign_bits(
     check_bits("--wbits", wbits)
     check_bits("--abits", abits)
     if kernel not in KERNELS:
-        raise UserError(f"--kernel {kernel}: choose one of {', '.join(KERNELS)}")
+        raise OptionError(f"--kernel {kernel}: choose one of {', '.join(KERNELS)}")
     if (wbits is None) != (abits is None):
         wbits = abits = wbits or abits
     plans = []
