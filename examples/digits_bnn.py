@@ -41,9 +41,7 @@ from brevitas.export import export_qonnx
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from tvmbits import runtime
-from tvmbits.artifact import open_artifact
-from tvmbits.compiler import CompileOptions, compile_model
+import tvmbits
 from tvmbits.frontend import qonnx as qonnx_frontend
 
 SHAPE = (1, 1, 8, 8)
@@ -105,8 +103,8 @@ def torch_logits(net: nn.Module, x: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(x)).numpy()
 
 
-def compiled_logits(loaded, session, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([runtime.run(session, loaded, [image[None]])[0] for image in x])
+def compiled_logits(model: tvmbits.Model, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([next(iter(model(input=image[None]).values())) for image in x])
 
 
 def time_onnxruntime(path: Path, x: np.ndarray, repeat: int) -> float:
@@ -140,18 +138,19 @@ def main() -> None:
     qonnx_path = out / "digits_bnn.onnx"
     export_qonnx(net, torch.zeros(SHAPE), str(qonnx_path), input_names=["input"])
 
-    meta = compile_model(qonnx_path, out / "digits_bnn_x86_64.tar", CompileOptions(target="x86_64"))
-    arm = compile_model(qonnx_path, out / "digits_bnn_arm64.tar", CompileOptions(target="arm64"))
+    compiled = tvmbits.compile(qonnx_path, "x86_64")
+    compiled.save(out / "digits_bnn_x86_64.tar")
+    meta = compiled.metadata
+    arm = tvmbits.compile(qonnx_path, "arm64")
+    arm.save(out / "digits_bnn_arm64.tar")
     for layer in meta["layers"]:
         print(f"  {layer['name']:<16} {layer['kernel']:<9} activation {layer['activation']}, weight {layer['weight']}")
     print(f"arm64 build: {(out / 'digits_bnn_arm64.tar').stat().st_size} bytes, "
-          f"kernels {[layer['kernel'] for layer in arm['layers']]} (cross-compiled, not run here)")
+          f"kernels {[layer['kernel'] for layer in arm.metadata['layers']]} (cross-compiled, not run here)")
 
-    session = runtime.Session.open()
-    art = open_artifact(out / "digits_bnn_x86_64.tar")  # holds the unpacked library
-    loaded = session.load(str(art.library))
+    model = tvmbits.load(out / "digits_bnn_x86_64.tar")
     by_torch = torch_logits(net, x_test).argmax(1)
-    by_tvmbits = compiled_logits(loaded, session, x_test).argmax(1)
+    by_tvmbits = compiled_logits(model, x_test).argmax(1)
     print(f"test accuracy ({len(y_test)} images): PyTorch (Brevitas) {np.mean(by_torch == y_test):.2%}, "
           f"tvmbits x86_64 {np.mean(by_tvmbits == y_test):.2%}; "
           f"same prediction on {np.sum(by_torch == by_tvmbits)}/{len(y_test)}")
@@ -173,12 +172,11 @@ def main() -> None:
     onnx.save(standard, standard_path)
     x = x_test[:1]
     ort_ms = time_onnxruntime(standard_path, x, args.repeat)
-    runtime.run(session, loaded, [x])
-    tvm_ms = float(np.median(runtime.time(session, loaded, [x], number=1, repeat=args.repeat, min_repeat_ms=0)))
+    tvm_ms = model.benchmark(repeat=args.repeat, inputs={"input": x})["median"]
     print(f"latency, batch 1, median of {args.repeat}, {os.cpu_count()} threads: tvmbits {tvm_ms:.4f} ms, "
           f"ONNX Runtime {ort.__version__} (Quant ops as standard ONNX) {ort_ms:.4f} ms; "
           f"tvmbits speed-up {ort_ms / tvm_ms:.2f}x")
-    session.close()
+    model.close()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,17 @@
-"""Run a compiled artifact on this machine in the tests."""
+"""Compile models into artifact files, and run artifacts on this machine, in the tests."""
 
 import tvm
 from tvm import relax
 
 from tvmbits.artifact import open_artifact
+from tvmbits.compiler import CompileOptions, compile_with
+
+
+def compile_file(model, output, options: CompileOptions | None = None) -> dict:
+    """Compile `model` (a path or ModelProto) into the artifact file `output`; its metadata."""
+    art = compile_with(model, options or CompileOptions())
+    art.save(output)
+    return art.metadata
 
 
 def run_local(artifact_path, *inputs):

@@ -8,10 +8,10 @@ import pytest
 
 from onnx import helper
 
-from compiled import run_local
+from compiled import compile_file, run_local
 from onnx_models import bipolar, dyadic_input, make_model, tiny_bnn
 from tvmbits.ops import reference
-from tvmbits.compiler import CompileOptions, compile_model
+from tvmbits.compiler import CompileOptions
 
 
 def onnxruntime(model, x):
@@ -34,7 +34,7 @@ def test_binarized_model_equals_onnxruntime(tmp_path, case, kernel):
     model = tiny_bnn(**case)
     path = tmp_path / "bnn.onnx"
     onnx.save(model, path)
-    meta = compile_model(path, tmp_path / "bnn.tar", CompileOptions(kernel=kernel))
+    meta = compile_file(path, tmp_path / "bnn.tar", CompileOptions(kernel=kernel))
     x = dyadic_input([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim], seed=1)
     out, _ = run_local(tmp_path / "bnn.tar", x)
     np.testing.assert_array_equal(out, onnxruntime(model, x))
@@ -50,7 +50,7 @@ def test_binarized_model_equals_onnxruntime(tmp_path, case, kernel):
 
 def test_metadata_reports_packed_weight_bytes(tmp_path):
     onnx.save(tiny_bnn(channels=(64, 64, 64)), tmp_path / "bnn.onnx")
-    meta = compile_model(tmp_path / "bnn.onnx", tmp_path / "bnn.tar", CompileOptions())
+    meta = compile_file(tmp_path / "bnn.onnx", tmp_path / "bnn.tar", CompileOptions())
     bconv = meta["layers"][1]
     assert bconv["weight_bytes_float"] == 64 * 64 * 9 * 4
     assert bconv["weight_bytes_packed"] == 64 * 9 * 2 * 4  # 64 channels = two uint32 words a tap
@@ -67,7 +67,7 @@ def test_sign_of_zero_is_plus_one(tmp_path):
     ]
     model = make_model(nodes, [("input", [1, 4, 5, 5])], [("out", [1, 6, 3, 3])], {"w": w})
     onnx.save(model, tmp_path / "sign.onnx")
-    compile_model(tmp_path / "sign.onnx", tmp_path / "sign.tar", CompileOptions())
+    compile_file(tmp_path / "sign.onnx", tmp_path / "sign.tar", CompileOptions())
     x = dyadic_input((1, 4, 5, 5))
     x[0, :, 1:4, 2] = 0
     out, meta = run_local(tmp_path / "sign.tar", x)

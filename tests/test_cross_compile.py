@@ -12,7 +12,8 @@ import pytest
 
 from onnx_models import tiny_bnn
 from tvmbits.artifact import open_artifact
-from tvmbits.compiler import CompileOptions, compile_model
+from compiled import compile_file
+from tvmbits.compiler import CompileOptions
 
 EM_ARM, EM_AARCH64 = 40, 183
 TARGETS = {
@@ -41,7 +42,7 @@ def test_bitserial_kernels_use_vector_popcount(tmp_path, target):
     if shutil.which(objdump) is None:
         pytest.skip(f"{objdump} is not installed (scripts/setup.sh installs it)")
     onnx.save(tiny_bnn(channels=(64, 64, 64), size=8), tmp_path / "bnn.onnx")
-    compile_model(tmp_path / "bnn.onnx", tmp_path / "bnn.tar", CompileOptions(target=target))
+    compile_file(tmp_path / "bnn.onnx", tmp_path / "bnn.tar", CompileOptions(target=target))
     art = open_artifact(tmp_path / "bnn.tar")
     assert art.metadata["arch"] == {"arm64": "aarch64", "armv7": "armv7l"}[target]
     assert elf_machine(art.library) == (machine, width)
@@ -57,7 +58,7 @@ def test_binarized_resnet18_example_cross_compiles(tmp_path, target):
     from bireal_resnet18 import build_model
 
     onnx.save(build_model(input_size=64, num_classes=10), tmp_path / "bireal.onnx")
-    meta = compile_model(tmp_path / "bireal.onnx", tmp_path / "bireal.tar", CompileOptions(target=target))
+    meta = compile_file(tmp_path / "bireal.onnx", tmp_path / "bireal.tar", CompileOptions(target=target))
     assert sum(layer["kernel"] == "bitserial" for layer in meta["layers"]) == 16
     machine, width, *_ = TARGETS[target]
     assert elf_machine(open_artifact(tmp_path / "bireal.tar").library) == (machine, width)

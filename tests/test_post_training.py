@@ -4,27 +4,15 @@ numpy simulation built from the same plan on the integer reference."""
 import numpy as np
 import onnx
 import pytest
-from compiled import run_local
+from compiled import compile_file, run_local
 from onnx_models import float_cnn
-from tvmbits.compiler import CompileOptions, compile_model
-from tvmbits.frontend import onnx as onnx_frontend
+from tvmbits.compiler import CompileOptions, lower_model
 from tvmbits.ops import reference
-from tvmbits.passes.assign_bits import assign_bits
-from tvmbits.passes.calibrate import calibrate
-from tvmbits.passes.layers import find_layers
-from tvmbits.passes.pipeline import to_nhwc
-from tvmbits.schedules.vnni import has_vnni
-from tvmbits.targets import profile
 
 
 def plans_for(model, wbits, abits, samples, all_layers=True):
-    imported = onnx_frontend.import_model(model, "model")
-    target = profile.load("x86_64").tvm_target()
-    mod = to_nhwc(imported.mod, target)
-    layers = find_layers(mod["main"], imported.layer_names)
-    plans = assign_bits(layers, wbits, abits, all_layers, byte_dot=has_vnni(target))
-    calibrate(mod, plans, [[s] for s in samples])
-    return {plan.name: plan for plan in plans}
+    options = CompileOptions(wbits=wbits, abits=abits, all_layers=all_layers, calibrate=samples)
+    return {plan.name: plan for plan in lower_model(model, options).plans}
 
 
 def simulate(plans, x, weights):
@@ -60,7 +48,7 @@ def test_quantized_model_equals_integer_simulation(tmp_path, wbits, abits):
     samples = [rng.standard_normal((1, 3, 12, 12)).astype(np.float32) for _ in range(3)]
     np.save(tmp_path / "calib.npy", np.stack(samples))
     options = CompileOptions(wbits=wbits, abits=abits, all_layers=True, calibrate=[str(tmp_path / "calib.npy")])
-    meta = compile_model(tmp_path / "cnn.onnx", tmp_path / "cnn.tar", options)
+    meta = compile_file(tmp_path / "cnn.onnx", tmp_path / "cnn.tar", options)
     plans = plans_for(model, wbits, abits, samples)
     assert [layer["kernel"] for layer in meta["layers"]] == [plans[n].kernel for n in ("conv0", "conv1", "conv2", "fc")]
     assert all(plan.kernel != "float" for plan in plans.values())
@@ -72,7 +60,7 @@ def test_quantized_model_equals_integer_simulation(tmp_path, wbits, abits):
 
 def test_first_and_last_layers_stay_float_by_default(tmp_path):
     onnx.save(float_cnn(), tmp_path / "cnn.onnx")
-    meta = compile_model(tmp_path / "cnn.onnx", tmp_path / "cnn.tar", CompileOptions(wbits=1, abits=2))
+    meta = compile_file(tmp_path / "cnn.onnx", tmp_path / "cnn.tar", CompileOptions(wbits=1, abits=2))
     kernels = {layer["name"]: (layer["kernel"], layer["reason"]) for layer in meta["layers"]}
     assert kernels["conv0"][0] == kernels["fc"][0] == "float"
     assert "--all-layers" in kernels["conv0"][1]
@@ -83,5 +71,5 @@ def test_first_and_last_layers_stay_float_by_default(tmp_path):
 
 def test_float_model_without_bits_stays_float(tmp_path):
     onnx.save(float_cnn(), tmp_path / "cnn.onnx")
-    meta = compile_model(tmp_path / "cnn.onnx", tmp_path / "cnn.tar", CompileOptions())
+    meta = compile_file(tmp_path / "cnn.onnx", tmp_path / "cnn.tar", CompileOptions())
     assert {layer["kernel"] for layer in meta["layers"]} == {"float"}

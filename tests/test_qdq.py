@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from compiled import run_local
+from compiled import compile_file, run_local
 from lowbit_kernels import KERNEL_2x2
 from onnx_models import float_cnn
-from tvmbits.compiler import CompileOptions, compile_model
+from tvmbits.compiler import CompileOptions
 from tvmbits.errors import UserError
 from tvmbits.ops import reference
 
@@ -62,7 +62,7 @@ def test_ort_static_int4_model_equals_onnxruntime(tmp_path, opset):
     model = ort_quantized(tmp_path, opset, **INT4_WEIGHTS)
     int4 = [i for i in model.graph.initializer if i.data_type == TensorProto.INT4]
     assert len(int4) >= 4  # the four weights (and their zero points) really are INT4
-    meta = compile_model(tmp_path / "qdq.onnx", tmp_path / "qdq.tar", CompileOptions())
+    meta = compile_file(tmp_path / "qdq.onnx", tmp_path / "qdq.tar", CompileOptions())
     rows = [(l["kernel"], l["origin"], l["activation"], l["weight"]) for l in meta["layers"]]
     assert rows == [("subbyte", "qdq", "signed8", "signed4")] * 4
     for seed in range(10, 14):
@@ -90,7 +90,7 @@ def test_integer_accumulation_of_the_first_conv_is_exact(tmp_path, options, code
     model = ort_quantized(tmp_path, 21, **options)
     model.graph.output.append(helper.make_tensor_value_info(conv0, TensorProto.FLOAT, [1, 8, 12, 12]))
     onnx.save(model, tmp_path / "probe.onnx")
-    meta = compile_model(tmp_path / "probe.onnx", tmp_path / "probe.tar", CompileOptions())
+    meta = compile_file(tmp_path / "probe.onnx", tmp_path / "probe.tar", CompileOptions())
     assert meta["layers"][0]["kernel"] == "subbyte"
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     s_x, z_x, s_w = init["input_scale"], int(init["input_zero_point"]), init["w0_scale"]
@@ -113,7 +113,7 @@ def test_asymmetric_uint8_activations_lower_with_their_zero_points(tmp_path):
     """quantize_static with uint8 activations (zero points from the calibrated ranges) and
     per-tensor int8 weights."""
     model = ort_quantized(tmp_path, 17, activation_type=QuantType.QUInt8, per_channel=False)
-    meta = compile_model(tmp_path / "qdq.onnx", tmp_path / "qdq.tar", CompileOptions())
+    meta = compile_file(tmp_path / "qdq.onnx", tmp_path / "qdq.tar", CompileOptions())
     assert [(l["kernel"], l["activation"], l["weight"]) for l in meta["layers"]] == [("subbyte", "unsigned8", "signed8")] * 4
     assert meta["layers"][0]["activation_zero_point"] and "zero point" in meta["layers"][0]["found"]["activation"]
     step = float(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "logits_scale")))
@@ -176,7 +176,7 @@ def two_bit_model(act_type, weight_type, weight_values, opset):
 def test_sub_byte_types_equal_onnxruntime(tmp_path, act_type, weight_type, values, opset, kernel, act, wgt):
     model = two_bit_model(act_type, weight_type, values, opset)
     onnx.save(model, tmp_path / "m.onnx")
-    meta = compile_model(tmp_path / "m.onnx", tmp_path / "m.tar", CompileOptions())
+    meta = compile_file(tmp_path / "m.onnx", tmp_path / "m.tar", CompileOptions())
     assert [(l["kernel"], l["activation"], l["weight"]) for l in meta["layers"]] == [(kernel, act, wgt)] * 2
     for seed in range(3):
         x = (np.random.default_rng(seed).standard_normal((1, 3, 6, 6)) * 2).astype(np.float32)
@@ -193,7 +193,7 @@ def test_nonpositive_dequantize_scale_is_one_line_error_naming_the_node(tmp_path
     model.graph.node[2].name = "weight_dq"
     onnx.save(model, tmp_path / "bad.onnx")
     with pytest.raises(UserError, match="node 'weight_dq' \\(DequantizeLinear\\): scale must be positive") as err:
-        compile_model(tmp_path / "bad.onnx", tmp_path / "bad.tar", CompileOptions())
+        compile_file(tmp_path / "bad.onnx", tmp_path / "bad.tar", CompileOptions())
     assert "\n" not in str(err.value)
 
 
@@ -235,7 +235,7 @@ def test_quantized_float_weights_and_blocked_scales(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     onnx.checker.check_model(model)
     onnx.save(model, tmp_path / "m.onnx")
-    meta = compile_model(tmp_path / "m.onnx", tmp_path / "m.tar", CompileOptions())
+    meta = compile_file(tmp_path / "m.onnx", tmp_path / "m.tar", CompileOptions())
     conv, fc = meta["layers"]
     assert (conv["kernel"], conv["activation"], conv["weight"]) == ("subbyte", "signed4", "signed4")
     assert fc["kernel"] == "float" and fc["reason"].startswith("blocked quantization scale")

@@ -11,10 +11,10 @@ from torch import nn
 import brevitas.nn as qnn
 import brevitas_models as bm
 from brevitas.export import export_onnx_qcdq
-from compiled import run_local
+from compiled import compile_file, run_local
 from lowbit_kernels import KERNEL_2x2
 from test_qdq import onnxruntime
-from tvmbits.compiler import CompileOptions, compile_model
+from tvmbits.compiler import CompileOptions
 
 SHAPE = (1, 3, 8, 8)
 
@@ -41,7 +41,7 @@ def test_brevitas_qcdq_export_lowers_and_equals_onnxruntime_and_brevitas(tmp_pat
     export_onnx_qcdq(net, torch.zeros(SHAPE), str(path), input_names=["input"])
     model = onnx.load(path)
     assert {n.op_type for n in model.graph.node} >= {"QuantizeLinear", "Clip", "DequantizeLinear"}
-    meta = compile_model(path, tmp_path / "qcdq.tar", CompileOptions())
+    meta = compile_file(path, tmp_path / "qcdq.tar", CompileOptions())
     rows = [(l["kernel"], l["origin"], l["activation"], l["weight"]) for l in meta["layers"]]
     assert rows == [
         ("subbyte", "qdq", "signed4", "signed4"),

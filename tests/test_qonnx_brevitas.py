@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import brevitas_models as bm
-from compiled import run_local
+from compiled import compile_file, run_local
 from lowbit_kernels import KERNEL_2x2
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 from tvmbits.cli import main
-from tvmbits.compiler import CompileOptions, compile_model
+from tvmbits.compiler import CompileOptions
 from tvmbits.ops import reference
 
 SHAPE = (1, 3, 8, 8)
@@ -40,7 +40,7 @@ def mixed(tmp_path_factory):
     path = tmp_path_factory.mktemp("mixed") / "mixed.onnx"
     net = bm.mixed_cnn()
     bm.export(net, SHAPE, path)
-    meta = compile_model(path, path.with_suffix(".tar"), CompileOptions())
+    meta = compile_file(path, path.with_suffix(".tar"), CompileOptions())
     return net, path, meta
 
 
@@ -74,7 +74,7 @@ def test_integer_accumulations_equal_brevitas_integers(tmp_path, last):
     prefix = torch.nn.Sequential(*list(net)[: last + 1]).eval()
     layer = net[last]
     bm.export(prefix, SHAPE, tmp_path / "prefix.onnx")
-    compile_model(tmp_path / "prefix.onnx", tmp_path / "prefix.tar", CompileOptions())
+    compile_file(tmp_path / "prefix.onnx", tmp_path / "prefix.tar", CompileOptions())
     for x in inputs(2):
         with torch.no_grad():
             act = torch.nn.Sequential(*list(net)[:last]).eval()(torch.from_numpy(x))
@@ -104,7 +104,7 @@ def test_trunc_avg_pool_output_feeds_a_lowered_conv(tmp_path):
     net = bm.trunc_pool_cnn()
     path = tmp_path / "trunc.onnx"
     bm.export(net, SHAPE, path)
-    meta = compile_model(path, tmp_path / "trunc.tar", CompileOptions())
+    meta = compile_file(path, tmp_path / "trunc.tar", CompileOptions())
     assert [(l["kernel"], l["activation"]) for l in meta["layers"]] == [("subbyte", "signed4"), ("subbyte", "unsigned4")]
     for x in inputs(3):
         out, _ = run_local(tmp_path / "trunc.tar", x)

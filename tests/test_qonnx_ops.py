@@ -8,11 +8,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiled import run_local
+from compiled import compile_file, run_local
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 from tvmbits.cli import main
-from tvmbits.compiler import CompileOptions, compile_model
+from tvmbits.compiler import CompileOptions
 from tvmbits.errors import UserError
 
 DOMAIN = "qonnx.custom_op.general"
@@ -48,7 +48,7 @@ def ties(scale):
 
 def compile_and_compare(tmp_path, model, x):
     onnx.save(model, tmp_path / "q.onnx")
-    compile_model(tmp_path / "q.onnx", tmp_path / "q.tar", CompileOptions())
+    compile_file(tmp_path / "q.onnx", tmp_path / "q.tar", CompileOptions())
     out, _ = run_local(tmp_path / "q.tar", x)
     outs = out if isinstance(out, tuple) else (out,)
     expected = execute_onnx(ModelWrapper(model), {"input": x})
@@ -116,7 +116,7 @@ def test_malformed_quant_is_one_line_error_naming_the_node(tmp_path, capsys, par
     node, init = quant("act_quant_7", *params, **attrs)
     onnx.save(qonnx_model([node], init, ["act_quant_7"]), tmp_path / "bad.onnx")
     with pytest.raises(UserError, match="node 'act_quant_7' \\(Quant\\)") as err:
-        compile_model(tmp_path / "bad.onnx", tmp_path / "bad.tar", CompileOptions())
+        compile_file(tmp_path / "bad.onnx", tmp_path / "bad.tar", CompileOptions())
     assert fragment in str(err.value) and "\n" not in str(err.value)
     assert main(["compile", str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "bad.tar")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -127,7 +127,7 @@ def test_bipolar_quant_with_nonpositive_scale_is_an_error(tmp_path):
     node = helper.make_node("BipolarQuant", ["input", "s"], ["b"], name="sign_act", domain=DOMAIN)
     onnx.save(qonnx_model([node], {"s": -1.0}, ["b"]), tmp_path / "bad.onnx")
     with pytest.raises(UserError, match="node 'sign_act' \\(BipolarQuant\\): scale must be positive"):
-        compile_model(tmp_path / "bad.onnx", tmp_path / "bad.tar", CompileOptions())
+        compile_file(tmp_path / "bad.onnx", tmp_path / "bad.tar", CompileOptions())
 
 
 def test_other_qonnx_ops_are_named_in_one_line(tmp_path, capsys):

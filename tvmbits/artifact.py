@@ -26,9 +26,22 @@ REQUIRED_KEYS = ("format", "profile", "arch", "device", "inputs", "outputs", "la
 
 @dataclass
 class Artifact:
+    """A compiled model: its library file and metadata (`tvmbits.compile` returns one,
+    `open_artifact` reads one back); `save` writes the `model.tar`."""
+
     metadata: dict
-    library: Path  # extracted lib.so, valid while `workdir` lives
+    library: Path  # lib.so, valid while `workdir` lives
     workdir: tempfile.TemporaryDirectory
+
+    @staticmethod
+    def build(library: Path, metadata: dict, workdir: tempfile.TemporaryDirectory) -> "Artifact":
+        """The artifact of a freshly linked `library` (inside `workdir`) and its metadata."""
+        return Artifact({"format": FORMAT, **metadata, "library_sha256": sha256(library)}, library, workdir)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the artifact to `path` (all or nothing: a `.partial` file renamed at the end)."""
+        write_artifact(Path(path), self.library, self.metadata)
+        return Path(path)
 
 
 def sha256(path: Path) -> str:
@@ -40,7 +53,8 @@ def sha256(path: Path) -> str:
 
 
 def write_artifact(path: Path, library: Path, metadata: dict) -> None:
-    metadata = {"format": FORMAT, **metadata, "library_sha256": sha256(library)}
+    """Write `library` and `metadata` (with its format and the library's checksum) as a tar."""
+    metadata = {**metadata, "format": FORMAT, "library_sha256": sha256(library)}
     blob = json.dumps(metadata, indent=2).encode()
     path = Path(path)
     partial = path.with_name(path.name + ".partial")

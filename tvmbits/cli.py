@@ -1,6 +1,8 @@
-"""`tvmbits` command line: argument parsing only; the work lives in the modules it calls.
+"""`tvmbits` command line: argument parsing over the Python API (`tvmbits.compile`,
+`tvmbits.load`, `tvmbits.Remote`) and the tuner and board modules.
 
-Every failure the user can fix prints one line on stderr and exits with code 2.
+Every failure the user can fix (a `UserError` the library raises) prints one line on stderr
+and exits with code 2.
 """
 
 import argparse
@@ -51,15 +53,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="fix an input's symbolic dimensions",
     )
     tuning = compile_.add_mutually_exclusive_group()
-    tuning.add_argument("--tuning-log", metavar="DIR", help="apply this tuning log (default: tuning_logs/<profile>)")
+    tuning.add_argument("--tuning-log", metavar="DIR", help="apply this tuning log (default: the user's from `tune`, else the shipped one)")
     tuning.add_argument("--no-tuning", action="store_true", help="use the untuned default schedules")
+    compile_.add_argument("--dump-ir", metavar="DIR", help="write the module after each compile phase into DIR")
     compile_.set_defaults(handler=_compile)
 
     tune = commands.add_parser("tune", help="tune a model's low-bit kernels into a tuning log")
     tune.add_argument("model", help="ONNX file")
     tune.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
     tune.add_argument("--trials", type=int, help="measurements in all (default: the profile's)")
-    tune.add_argument("--log", help="tuning log folder to append to (default: tuning_logs/<profile>)")
+    tune.add_argument(
+        "--log", help="tuning log folder to append to (default: ~/.cache/tvmbits/tuning_logs/<profile>)"
+    )
     tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on the board `tvmbits board serve` runs there")
     tune.add_argument("--tracker", metavar="HOST:PORT", help="measure on boards from this TVM tracker")
     tune.add_argument("--key", help="the board key to ask the tracker for")
@@ -112,31 +117,29 @@ def _tune(args) -> int:
     from tvmbits.compiler import CompileOptions
     from tvmbits.targets import profile as profiles
     from tvmbits.tune import tune_model
-    from tvmbits.tuning_log import default_log
+    from tvmbits.tuning_log import start_user_log
 
-    if bool(args.tracker) != bool(args.key):
-        raise OptionError("--tracker and --key go together")
-    if args.rpc and args.tracker:
-        raise OptionError("--rpc and --tracker: measure on one board or on the tracker's, not both")
+    remote = _remote(args)
     profile = profiles.load(args.target)
     options = CompileOptions(
         target=args.target, wbits=args.wbits, abits=args.abits, all_layers=args.all_layers, kernel=args.kernel
     )
-    log_dir = args.log or str(default_log(profile.name))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log_dir = args.log or str(start_user_log(profile.name, log))
     trials = args.trials if args.trials is not None else profile.tuning_trials
     tune_model(
-        args.model, options, log_dir, trials, tracker=args.tracker, key=args.key, timeout=args.timeout,
-        log=lambda m: print(m, file=sys.stderr, flush=True), rpc=args.rpc,
+        args.model, options, log_dir, trials, remote=remote, log=log,
     )
     print(f"tuning log: {log_dir}")
     return 0
 
 
 def _compile(args) -> int:
-    from tvmbits.compiler import CompileOptions, compile_model
+    import tvmbits
 
-    options = CompileOptions(
-        target=args.target,
+    artifact = tvmbits.compile(
+        args.model,
+        args.target,
         wbits=args.wbits,
         abits=args.abits,
         all_layers=args.all_layers,
@@ -145,8 +148,11 @@ def _compile(args) -> int:
         input_shapes=dict(_shape(item) for item in args.input_shape),
         tuning_log=args.tuning_log,
         use_tuning=not args.no_tuning,
+        dump_ir=args.dump_ir,
+        log=lambda m: print(m, file=sys.stderr),
     )
-    compile_model(args.model, args.output, options, log=lambda m: print(m, file=sys.stderr))
+    artifact.save(args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -162,44 +168,55 @@ def _shape(item: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _run(args) -> int:
-    from tvmbits import deploy, runtime
+    import tvmbits
+    from tvmbits import deploy
     from tvmbits.artifact import open_artifact
 
     if args.repeat < 0:
         raise OptionError(f"--repeat {args.repeat}: must be 0 or more")
-    if args.rpc and args.tracker:
-        raise OptionError("give either --rpc or --tracker, not both")
-    if bool(args.tracker) != bool(args.key):
-        raise OptionError("--tracker and --key go together")
+    remote = _remote(args)
     art = open_artifact(args.artifact)
     inputs = deploy.read_inputs(args.input, art.metadata)
-    session = runtime.Session.open(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
+    model = tvmbits.load(art, remote)
     try:
-        result = deploy.run_artifact(art, inputs, session, repeat=args.repeat, profile=args.profile)
+        outputs = model(**inputs)
+        timing = model.benchmark(args.repeat, inputs) if args.repeat else None
+        profile = model.profile(inputs) if args.profile else None
     finally:
-        session.close()
-    paths = deploy.write_outputs(result.outputs, args.output) if args.output else {}
+        model.close()
+    paths = deploy.write_outputs(outputs, args.output) if args.output else {}
     if args.json:
-        report = {"outputs": paths, "timing_ms": result.timing_ms}
-        if result.profile is not None:
-            report["profile"] = result.profile
+        report = {"outputs": paths, "timing_ms": timing}
+        if profile is not None:
+            report["profile"] = profile
         print(json.dumps(report))
         return 0
-    for name, value in result.outputs.items():
+    for name, value in outputs.items():
         where = f" -> {paths[name]}" if name in paths else ""
         print(f"{name}: {value.dtype}{list(value.shape)}{where}")
-    if result.timing_ms:
-        t = result.timing_ms
+    if timing:
+        t = timing
         print(
             f"latency: mean {t['mean']:.3f} ms, median {t['median']:.3f} ms, "
             f"std {t['std']:.3f} ms over {t['repeat']} runs"
         )
-    if result.profile:
-        width = max(len(row["name"]) for row in result.profile)
+    if profile:
+        width = max(len(row["name"]) for row in profile)
         print(f"{'kernel':<{width}} {'calls':>5} {'ms/run':>9} {'share':>6}")
-        for row in result.profile:
+        for row in profile:
             print(f"{row['name']:<{width}} {row['calls']:>5} {row['ms']:9.3f} {row['share']:6.1%}")
     return 0
+
+
+def _remote(args):
+    """The `Remote` that --rpc or --tracker/--key/--timeout name, or None for this machine."""
+    from tvmbits.remote import Remote
+
+    if not args.rpc and not args.tracker:
+        if args.key:
+            raise OptionError("--key needs --tracker")
+        return None
+    return Remote(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
 
 
 def _board_serve(args) -> int:

@@ -1,30 +1,25 @@
-"""Model file → artifact: the driver behind `tvmbits compile` and the Python API.
+"""Model → artifact: `tvmbits.compile`, the driver behind `tvmbits compile`.
 
     load ONNX ─▶ rewrite QONNX/QDQ quantizers (facts per layer) ─▶ import to Relax
-      ─▶ NHWC layouts ─▶ find layers ─▶ assign bits (from the facts, or --wbits/--abits)
-      ─▶ calibrate (post-training only) ─▶ lower to low-bit ops ─▶ legalize, fuse, schedule
-      ─▶ build for the profile's target ─▶ link (cross compiler) ─▶ model.tar
+      ─▶ the phases of `passes/pipeline.py` (NHWC, find and plan layers, calibrate, lower,
+         fuse, schedule) ─▶ build for the profile's target ─▶ link (cross compiler) ─▶ Artifact
 """
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 import tvm
-from tvm import relax
 
 import tvmbits
 from tvmbits import artifact, tuning_log
 from tvmbits.errors import InputError, OptionError, TargetError
 from tvmbits.frontend import onnx as onnx_frontend
-from tvmbits.passes.assign_bits import assign_bits, check_bits
-from tvmbits.passes.calibrate import calibrate, needs_calibration
-from tvmbits.passes.layers import find_layers
-from tvmbits.passes.lower_lowbit import lower_lowbit
-from tvmbits.passes.pipeline import lower_pipeline, schedule, to_nhwc
-from tvmbits.schedules.vnni import has_vnni
+from tvmbits.passes import pipeline
+from tvmbits.passes.plan_layers import check_bits
 from tvmbits.targets import profile as profiles
 
 RANDOM_CALIBRATION_SAMPLES = 4
@@ -32,20 +27,43 @@ RANDOM_CALIBRATION_SAMPLES = 4
 
 @dataclass
 class CompileOptions:
-    target: str = "x86_64"
-    wbits: int | None = None
+    """What `compile` takes besides the model (the CLI flags of the same names)."""
+
+    target: str = "x86_64"  # a profile name (targets/) or a .toml file
+    wbits: int | None = None  # post-training bits for float layers (1-8)
     abits: int | None = None
-    all_layers: bool = False
-    kernel: str = "auto"
-    calibrate: list[str] = field(default_factory=list)  # .npy files
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    all_layers: bool = False  # quantize the first and last layers too
+    kernel: str = "auto"  # "auto" | "bitserial" | "subbyte"
+    calibrate: list = field(default_factory=list)  # .npy files (or arrays) of calibration samples
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # for symbolic dims
     tuning_log: str | None = None  # a tuning log folder; None: the profile's shipped log, if any
     use_tuning: bool = True
+    dump_ir: str | None = None  # write the module after each phase into this folder
+
+
+def compile(  # noqa: A001 (the public name is the verb)
+    model: "str | Path | onnx.ModelProto",
+    target: str = "x86_64",
+    *,
+    log: Callable[[str], None] = lambda message: None,
+    **options,
+) -> artifact.Artifact:
+    """Compile an ONNX model (a path or an `onnx.ModelProto`) for the profile `target`.
+
+    `options` are the fields of `CompileOptions` (wbits, abits, all_layers, kernel, calibrate,
+    input_shapes, tuning_log, use_tuning, dump_ir); `log` receives one line per step. Raises a
+    `tvmbits.errors.UserError` subclass for anything the caller can fix.
+    """
+    known = {f.name for f in fields(CompileOptions)} - {"target"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"compile() got unknown options: {', '.join(sorted(unknown))}")
+    return compile_with(model, CompileOptions(target=target, **options), log)
 
 
 @dataclass
 class Lowered:
-    """A model imported and rewritten into low-bit operators, not yet scheduled or built."""
+    """A model imported, planned and lowered into low-bit operators, not yet fused or built."""
 
     mod: tvm.IRModule
     plans: list
@@ -56,47 +74,56 @@ class Lowered:
 
 
 def lower_model(
-    model_path: str | Path, options: CompileOptions, log: Callable[[str], None] = lambda message: None
+    model: "str | Path | onnx.ModelProto",
+    options: CompileOptions,
+    log: Callable[[str], None] = lambda message: None,
+    dump: "pipeline.DumpIR | None" = None,
 ) -> Lowered:
-    """Import `model_path`, plan every conv/dense layer and lower the planned ones (used by
-    `compile_model` and by the tuner, which must see the same kernels)."""
+    """Import `model` and run the pipeline's phases up to LowerLowBit (used by `compile` and by
+    the tuner, which must see the same kernels)."""
     profile = profiles.load(options.target)
     check_bits("--wbits", options.wbits)
     check_bits("--abits", options.abits)
-    model = onnx_frontend.load(model_path)
-    source = str(model_path)
+    onnx_model, source = _load(model)
     log(f"importing {source}")
-    imported = onnx_frontend.import_model(model, source, options.input_shapes)
+    imported = onnx_frontend.import_model(onnx_model, source, options.input_shapes)
     target = profile.tvm_target()
-    mod = to_nhwc(imported.mod, target)
-    layers = find_layers(mod["main"], imported.layer_names)
-    plans = assign_bits(
-        layers, options.wbits, options.abits, options.all_layers, options.kernel, imported.facts, has_vnni(target)
+    if dump is not None:
+        dump.dump("import", imported.mod)
+
+    def samples():
+        found = _calibration_samples(imported, options.calibrate, log)
+        log(f"calibrating activation ranges on {len(found)} samples")
+        return found
+
+    phases = pipeline.lowbit_phases(
+        target, imported.layer_names, imported.facts, samples,
+        options.wbits, options.abits, options.all_layers, options.kernel,
     )
-    if needs_calibration(plans):
-        samples = _calibration_samples(imported, options.calibrate, log)
-        log(f"calibrating {len(needs_calibration(plans))} layers on {len(samples)} samples")
-        calibrate(mod, plans, samples)
+    mod = pipeline.run(imported.mod, phases)
+    plans = pipeline.layer_plans(mod, imported.layer_names)
     lowered = sum(plan.kernel != "float" for plan in plans)
     log(f"lowering {lowered} of {len(plans)} conv/dense layers to low-bit kernels")
-    mod = lower_lowbit(plans)(mod)
+    mod = pipeline.run(mod, pipeline.build_phases(target)[:1])
     return Lowered(mod, plans, imported, profile, target, source)
 
 
-def compile_model(
-    model_path: str | Path,
-    output: str | Path,
-    options: CompileOptions,
-    log: Callable[[str], None] = lambda message: None,
-) -> dict:
-    """Compile `model_path` into the artifact `output`; returns the artifact's metadata."""
-    lowered = lower_model(model_path, options, log)
-    profile, target = lowered.profile, lowered.target
-    log(f"building for {profile.name} ({target.kind.name})")
-    database, log_path = _tuning_database(options, profile, log)
-    mod = schedule(lowered.mod, target, database)
+def compile_with(
+    model: "str | Path | onnx.ModelProto", options: CompileOptions, log: Callable[[str], None] = lambda m: None
+) -> artifact.Artifact:
+    """`compile` with its options gathered."""
+    dump = pipeline.DumpIR(options.dump_ir) if options.dump_ir else None
+    with tvm.transform.PassContext(instruments=[dump] if dump else []):
+        lowered = lower_model(model, options, log, dump)
+        profile, target = lowered.profile, lowered.target
+        log(f"building for {profile.name} ({target.kind.name})")
+        database, log_path = _tuning_database(options, profile, log)
+        mod = pipeline.run(lowered.mod, pipeline.build_phases(target, database)[1:])
+    tuned = int(mod.attrs[pipeline.TUNED_KERNELS])
+    if database is not None:
+        log(f"{tuned} kernels scheduled from the tuning log, the rest by the default schedules")
     with target:
-        executable = tvm.compile(mod, target=target, relax_pipeline=lower_pipeline(target))
+        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline.lower_pipeline(target))
     metadata = {
         "tvmbits_version": tvmbits.__version__,
         "tvm_version": tvm.__version__,
@@ -109,13 +136,19 @@ def compile_model(
         "outputs": [spec.to_json() for spec in lowered.imported.outputs],
         "layers": [plan.to_json() for plan in lowered.plans],
         "tuning_log": log_path,
+        "tuned_kernels": tuned,
     }
-    with tempfile.TemporaryDirectory(prefix="tvmbits-") as tmp:
-        library = Path(tmp) / artifact.LIBRARY
-        _export(executable, library, profile)
-        artifact.write_artifact(Path(output), library, metadata)
-    log(f"wrote {output}")
-    return metadata
+    workdir = tempfile.TemporaryDirectory(prefix="tvmbits-")
+    library = Path(workdir.name) / artifact.LIBRARY
+    _export(executable, library, profile)
+    return artifact.Artifact.build(library, metadata, workdir)
+
+
+def _load(model) -> tuple[onnx.ModelProto, str]:
+    """The model and the name errors give it: its path, or "<model>" for a ModelProto."""
+    if isinstance(model, onnx.ModelProto):
+        return onnx_frontend.check(model, "<model>"), "<model>"
+    return onnx_frontend.load(model), str(model)
 
 
 def _tuning_database(options: CompileOptions, profile, log):
@@ -140,9 +173,11 @@ def _export(executable, library: Path, profile) -> None:
         raise TargetError(f"linking for target {profile.name} failed: {first}") from None
 
 
-def _calibration_samples(imported, files: list[str], log) -> list[list[np.ndarray]]:
+def _calibration_samples(imported, items: list, log) -> list[list[np.ndarray]]:
+    """Samples of main's inputs from `items` (.npy paths or arrays: one sample, or a batch of
+    them, each), else seeded random inputs."""
     specs = imported.inputs
-    if not files:
+    if not items:
         log(
             "warning: no --calibrate samples given; calibrating activation ranges on "
             f"{RANDOM_CALIBRATION_SAMPLES} seeded random inputs (accuracy will suffer)"
@@ -155,13 +190,14 @@ def _calibration_samples(imported, files: list[str], log) -> list[list[np.ndarra
         raise OptionError("--calibrate takes samples for single-input models only")
     spec = specs[0]
     samples = []
-    for path in files:
+    for item in items:
+        name = "calibration array" if isinstance(item, np.ndarray) else str(item)
         try:
-            array = np.load(path)
+            array = item if isinstance(item, np.ndarray) else np.load(item, allow_pickle=False)
         except (OSError, ValueError) as err:
-            raise InputError(f"{path}: not a .npy array ({err})") from None
+            raise InputError(f"{name}: not a .npy array ({type(err).__name__})") from None
         batch = array.reshape((-1, *spec.shape)) if array.size % np.prod(spec.shape) == 0 else None
         if batch is None:
-            raise InputError(f"{path}: shape {array.shape} does not fit input '{spec.name}' {spec.shape}")
+            raise InputError(f"{name}: shape {array.shape} does not fit input '{spec.name}' {spec.shape}")
         samples.extend([[sample.astype(spec.dtype)] for sample in batch])
     return samples

@@ -1,29 +1,18 @@
-"""Run a compiled artifact on a session's device: check, upload, run, time, profile.
-
-Inputs are checked against the artifact's metadata (names, shapes, dtypes), and the device's
-CPU architecture and TVM and tvmbits releases against the artifact's, before anything is
-uploaded.
+"""Between files and a compiled model: input arrays from .npy files, outputs into them, and
+the check that a device can run an artifact before anything is uploaded to it.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tvmbits import runtime
-from tvmbits.artifact import Artifact
 from tvmbits.errors import BoardError, InputError
 
 
-@dataclass
-class RunResult:
-    outputs: dict[str, np.ndarray]
-    timing_ms: dict | None
-    profile: list | None
-
-
 def read_inputs(specs: list[str], metadata: dict) -> dict[str, np.ndarray]:
-    """`NAME=FILE.npy` pairs (a bare FILE.npy for a single-input model) → checked arrays."""
+    """`NAME=FILE.npy` pairs (a bare FILE.npy for a single-input model) → arrays by input name
+    (their shapes and dtypes are checked by the model they are given to)."""
     expected = {spec["name"]: spec for spec in metadata["inputs"]}
     arrays = {}
     for item in specs:
@@ -41,14 +30,6 @@ def read_inputs(specs: list[str], metadata: dict) -> dict[str, np.ndarray]:
     missing = [name for name in expected if name not in arrays]
     if missing:
         raise InputError(f"missing --input for {', '.join(missing)}")
-    for name, array in arrays.items():
-        spec = expected[name]
-        if tuple(array.shape) != tuple(spec["shape"]):
-            raise InputError(
-                f"input '{name}': shape {tuple(array.shape)} does not match the model's {tuple(spec['shape'])}"
-            )
-        if array.dtype != np.dtype(spec["dtype"]):
-            raise InputError(f"input '{name}': dtype {array.dtype} does not match the model's {spec['dtype']}")
     return arrays
 
 
@@ -76,35 +57,6 @@ def check_board(meta: dict, session: "runtime.Session") -> None:
 def _release(version: str) -> tuple[str, ...]:
     """The major.minor release of a version string ("0.27.0.post1" → ("0", "27"))."""
     return tuple(version.split(".")[:2])
-
-
-def run_artifact(
-    art: Artifact,
-    inputs: dict[str, np.ndarray],
-    session: "runtime.Session",
-    repeat: int = 0,
-    profile: bool = False,
-) -> RunResult:
-    """Check `art` against the session's device, upload and load it, run it once on `inputs`;
-    with `repeat` > 0 also time `repeat` runs (ms, measured on the device), with `profile` also
-    time each kernel (`runtime.profile`)."""
-    meta = art.metadata
-    check_board(meta, session)
-    loaded = session.load(art.library, meta["device"])
-    args = [inputs[spec["name"]] for spec in meta["inputs"]]
-    values = runtime.run(session, loaded, args)
-    outputs = {spec["name"]: value for spec, value in zip(meta["outputs"], values)}
-    timing = None
-    if repeat > 0:
-        times = np.array(runtime.time(session, loaded, args, number=1, repeat=repeat))
-        timing = {
-            "mean": float(times.mean()),
-            "median": float(np.median(times)),
-            "std": float(times.std()),
-            "repeat": repeat,
-        }
-    rows = runtime.profile(session, loaded, args) if profile else None
-    return RunResult(outputs, timing, rows)
 
 
 def write_outputs(outputs: dict[str, np.ndarray], folder: str | Path) -> dict[str, str]:

@@ -25,7 +25,8 @@ from tvm import rpc as tvm_rpc
 
 from tvmbits.board import profiler
 from tvmbits.board.serve import address
-from tvmbits.errors import ArtifactError, BoardError, OptionError
+from tvmbits.errors import ArtifactError, BoardError
+from tvmbits.remote import Remote
 
 
 @dataclass
@@ -46,31 +47,26 @@ class Session:
         self.timeout = timeout
 
     @classmethod
-    def open(
-        cls, rpc: str | None = None, tracker: str | None = None, key: str | None = None, timeout: float = 30.0
-    ) -> "Session":
-        """Open this machine (no arguments), a board at `rpc` HOST:PORT, or a board of `key`
-        from the tracker at `tracker` HOST:PORT, giving up after `timeout` seconds."""
-        if timeout <= 0:
-            raise OptionError(f"--timeout {timeout}: must be positive")
-        if rpc:
-            host, port = address("--rpc", rpc)
-            where = f"board {rpc}"
+    def open(cls, remote: "Remote | None" = None) -> "Session":
+        """This machine (no `remote`), or the board `remote` names, giving up after its timeout."""
+        if remote is None:
+            return cls(None, "this machine", 30.0)
+        timeout, where = remote.timeout, remote.describe()
+        if remote.rpc:
+            host, port = address("--rpc", remote.rpc)
             _reachable(host, port, where, timeout)
             return cls(_within(timeout, lambda: tvm_rpc.connect(host, port), where, "connecting"), where, timeout)
-        if tracker:
-            host, port = address("--tracker", tracker)
-            where = f"tracker {tracker}"
-            _reachable(host, port, where, timeout)
-            client = _within(timeout, lambda: tvm_rpc.connect_tracker(host, port), where, "connecting")
-            remote = _within(
-                timeout,
-                lambda: client.request(key, max_retry=1),
-                where,
-                f"waiting for a free board with key '{key}'",
-            )
-            return cls(remote, f"board '{key}' from {where}", timeout)
-        return cls(None, "this machine", timeout)
+        host, port = address("--tracker", remote.tracker)
+        tracker = f"tracker {remote.tracker}"
+        _reachable(host, port, tracker, timeout)
+        client = _within(timeout, lambda: tvm_rpc.connect_tracker(host, port), tracker, "connecting")
+        board = _within(
+            timeout,
+            lambda: client.request(remote.key, max_retry=1),
+            tracker,
+            f"waiting for a free board with key '{remote.key}'",
+        )
+        return cls(board, where, timeout)
 
     def describe(self) -> str:
         return self.where

@@ -23,7 +23,8 @@ from tvmbits import tuning_log
 from tvmbits.board.serve import address
 from tvmbits.compiler import CompileOptions, lower_model
 from tvmbits.errors import ModelError, OptionError
-from tvmbits.passes.pipeline import fuse
+from tvmbits.passes.pipeline import Fuse
+from tvmbits.remote import Remote
 from tvmbits.runtime import Session
 from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
 
@@ -39,20 +40,18 @@ def tune_model(
     options: CompileOptions,
     log_dir: str | Path,
     trials: int,
-    tracker: str | None = None,
-    key: str | None = None,
-    timeout: float = 30.0,
+    remote: Remote | None = None,
     log: Callable[[str], None] = lambda message: None,
-    rpc: str | None = None,
 ) -> int:
     """Tune the low-bit kernels of `model_path` for `options.target` with `trials` measurements
-    in all, appending to the tuning log `log_dir`; returns the number of tasks."""
+    in all, on this machine or on the board(s) `remote` names, appending to the tuning log
+    `log_dir`; returns the number of tasks."""
     if trials < 1:
         raise OptionError(f"--trials {trials}: must be at least 1")
-    runner = _runner(rpc, tracker, key, timeout)  # a bad board fails before the slow lowering
+    runner = _runner(remote)  # a bad board fails before the slow lowering
     lowered = lower_model(model_path, options, log)
     target = lowered.target
-    mod = fuse(lowered.mod, target)
+    mod = Fuse(target)(lowered.mod)
     tasks = [
         task
         for task in ms.relax_integration.extract_tasks(mod, target)
@@ -125,18 +124,21 @@ def _cross_export(compiler: str):
     return export
 
 
-def _runner(rpc: str | None, tracker: str | None, key: str | None, timeout: float) -> ms.runner.Runner:
+def _runner(remote: Remote | None) -> ms.runner.Runner:
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
-    if not rpc and not tracker:
+    if remote is None:
         return ms.runner.LocalRunner(evaluator_config=evaluator)
-    if rpc:
-        Session.open(rpc=rpc, timeout=timeout)  # one line, now, for a board that is not there
-    host, port = address("--rpc", rpc) if rpc else address("--tracker", tracker)
+    if remote.rpc:
+        Session.open(remote)  # one line, now, for a board that is not there
+    host, port = address("--rpc", remote.rpc) if remote.rpc else address("--tracker", remote.tracker)
     config = ms.runner.RPCConfig(
-        tracker_host=host, tracker_port=port, tracker_key=key or "direct", session_timeout_sec=int(timeout)
+        tracker_host=host, tracker_port=port, tracker_key=remote.key or "direct",
+        session_timeout_sec=max(1, int(remote.timeout)),
     )
     # MetaSchedule's RPC runner asks a tracker for each session; with --rpc it connects directly
-    return ms.runner.RPCRunner(config, evaluator_config=evaluator, f_create_session=_connect_board if rpc else None)
+    return ms.runner.RPCRunner(
+        config, evaluator_config=evaluator, f_create_session=_connect_board if remote.rpc else None
+    )
 
 
 def _connect_board(config: ms.runner.RPCConfig) -> tvm_rpc.RPCSession:

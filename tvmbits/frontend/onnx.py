@@ -3,9 +3,10 @@
 `qonnx.rewrite` and `qdq.rewrite` replace the quantizers by standard ONNX ops computing the
 same float values and return the quantization facts per layer (`ImportedModel.facts`).
 The Relax module keeps the ONNX graph's input names, constant weights bound in the module
-(not function parameters), and NCHW layouts as ONNX has them; `layer_names` lists the ONNX
-node name of every Conv, Gemm and MatMul in graph order, which is also the order in which
-the importer emits their `conv2d` / `matmul` bindings.
+(not function parameters), and NCHW layouts as ONNX has them; each Conv, Gemm and MatMul
+node's layer call is bound to a variable named after the node (`relax_import.py`), and
+`layer_names` lists those names in graph order. Layer nodes get unique names first: an unnamed
+node takes its first output's name, a repeated name gets its first output's name appended.
 """
 
 from dataclasses import dataclass, field
@@ -15,13 +16,13 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from tvm import relax
-from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
 from tvmbits.errors import ModelError
 from tvmbits.frontend import qdq, qonnx
 from tvmbits.frontend.facts import LayerFacts
 from tvmbits.frontend.graph_edit import LAYER_OPS, node_name
+from tvmbits.frontend.relax_import import from_onnx
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,18 @@ def load(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, OSError) as err:
         raise ModelError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+    return check(model, str(path))
+
+
+def check(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
+    """`model`, after ONNX's checker; a failure is a one-line ModelError naming `source`."""
     if not model.graph.node:
-        raise ModelError(f"{path}: not an ONNX model (no graph nodes)")
+        raise ModelError(f"{source}: not an ONNX model (no graph nodes)")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         first_line = str(err).strip().splitlines()[0]
-        raise ModelError(f"{path}: invalid ONNX model: {first_line}") from None
+        raise ModelError(f"{source}: invalid ONNX model: {first_line}") from None
     return model
 
 
@@ -69,6 +75,7 @@ def import_model(
 
     `input_shapes` fixes graph inputs whose ONNX shape has symbolic dimensions.
     """
+    model = name_layers(model)
     model, facts = qonnx.rewrite(model, source)
     model, qdq_facts = qdq.rewrite(model, source)
     facts.update(qdq_facts)
@@ -79,14 +86,27 @@ def import_model(
             model,
             shape_dict={spec.name: list(spec.shape) for spec in inputs},
             dtype_dict={spec.name: spec.dtype for spec in inputs},
-            keep_params_in_input=False,
-            sanitize_input_names=False,
         )
     except Exception as err:  # the importer raises bare Exception/ValueError/TVMError alike
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{source}: TVM's ONNX importer failed: {message}") from None
     mod = relax.transform.FoldConstant()(mod)
     return ImportedModel(mod, inputs, _output_specs(mod, model), _layer_names(model), facts)
+
+
+def name_layers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose Conv/Gemm/MatMul nodes have unique, non-empty names."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    seen = set()
+    for node in model.graph.node:
+        if node.op_type not in LAYER_OPS:
+            continue
+        name = node_name(node)
+        if name in seen:
+            name = f"{name}:{node.output[0]}"
+        node.name = name
+        seen.add(name)
+    return model
 
 
 def _check_supported(model: onnx.ModelProto, source: str) -> None:

@@ -1,70 +1,116 @@
-"""Activation encodings and scales for post-training quantized layers, from sample inputs.
+"""Calibrate: activation encodings and scales for post-training quantized layers, from samples.
 
-The float module runs on the samples with the data of every layer awaiting calibration as
-extra outputs. A layer input whose minimum over all samples is ≥ 0 (after ReLU) becomes
-unsigned k-bit with scale max/(2^k−1); otherwise 1 bit becomes bipolar with scale mean|x|
-and k ≥ 2 bits signed narrow range with scale max|x|/(2^(k−1)−1).
+The module runs on the samples (float, as planned so far) with the data of every layer awaiting
+calibration as extra outputs. A layer input whose minimum over all samples is ≥ 0 (after ReLU)
+becomes unsigned k-bit with scale max/(2^k−1); otherwise 1 bit becomes bipolar with scale
+mean|x| and k ≥ 2 bits signed narrow range with scale max|x|/(2^(k−1)−1). The plan, with its
+kernel chosen, goes back into the layer function's attributes.
+
+Only layers called from `main` can be calibrated (the samples are `main`'s inputs); a layer
+awaiting calibration elsewhere stays float, with that reason.
 """
+
+from typing import Callable
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from tvmbits.ops.encoding import Encoding
-from tvmbits.passes.layer_plan import LayerPlan
+from tvmbits.passes.layer_plan import LayerPlan, is_planned
 
 
-def needs_calibration(plans: list[LayerPlan]) -> list[LayerPlan]:
-    return [plan for plan in plans if plan.origin == "post-training" and plan.act is None]
+def pending(mod: tvm.IRModule) -> dict:
+    """GlobalVar → plan of every layer function that awaits calibration."""
+    plans = {gvar: LayerPlan.of(func) for gvar, func in mod.functions.items() if is_planned(func)}
+    return {gvar: plan for gvar, plan in plans.items() if plan.kernel == "pending" and plan.act is None}
 
 
-def calibrate(mod: tvm.IRModule, plans: list[LayerPlan], samples: list[list[np.ndarray]]) -> None:
-    """Fill `act`, `act_scale` and the kernel of each plan awaiting calibration.
+def Calibrate(samples: Callable[[], list[list[np.ndarray]]]) -> tvm.transform.Pass:  # noqa: N802
+    """The pass; `samples()` gives one list of arrays (main's inputs in order) per sample, and
+    is called only when some layer awaits calibration."""
 
-    `samples` holds one list of arrays (the module's inputs in order) per sample.
-    """
-    pending = needs_calibration(plans)
-    if not pending:
-        return
-    probe = _with_layer_inputs_as_outputs(mod, [plan.layer.call.args[0] for plan in pending])
-    vm = relax.VirtualMachine(tvm.compile(probe, target=tvm.target.Target({"kind": "llvm"})), tvm.cpu())
-    lows = [np.inf] * len(pending)
-    highs = [0.0] * len(pending)
-    abs_sums = [0.0] * len(pending)
-    counts = [0] * len(pending)
-    for inputs in samples:
-        outputs = vm["main"](*[tvm.runtime.tensor(a) for a in inputs])
-        for i in range(len(pending)):
-            data = outputs[i].numpy().astype(np.float64)
-            lows[i] = min(lows[i], data.min())
-            highs[i] = max(highs[i], np.abs(data).max())
-            abs_sums[i] += np.abs(data).sum()
-            counts[i] += data.size
-    for i, plan in enumerate(pending):
-        bits = plan.act_bits
-        if lows[i] >= 0:
-            plan.act = Encoding("unsigned", bits)
-            plan.act_scale = _nonzero(highs[i] / (2**bits - 1))
-        elif bits == 1:
-            plan.act = Encoding("bipolar", 1)
-            plan.act_scale = _nonzero(abs_sums[i] / counts[i])
-        else:
-            plan.act = Encoding("signed", bits)
-            plan.act_scale = _nonzero(highs[i] / (2 ** (bits - 1) - 1))
-        plan.choose_kernel()
+    @tvm.transform.module_pass(opt_level=0, name="tvmbits.Calibrate")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        plans = pending(mod)
+        if not plans:
+            return mod
+        calls = _calls_in_main(mod, set(plans))
+        ranges = _ranges(mod, [calls[gvar] for gvar in plans if gvar in calls], samples())
+        builder = relax.BlockBuilder(mod)
+        for gvar, plan in plans.items():
+            if gvar in calls:
+                _fill(plan, *ranges.pop(0))
+            else:
+                plan.kernel, plan.reason = "float", "awaits calibration but is not called from main"
+            builder.update_func(gvar, mod[gvar].with_attrs(plan.to_attrs()))
+        return builder.get()
+
+    return transform
+
+
+def _fill(plan: LayerPlan, low: float, high: float, mean_abs: float) -> None:
+    bits = plan.act_bits
+    if low >= 0:
+        plan.act = Encoding("unsigned", bits)
+        plan.act_scale = _nonzero(high / (2**bits - 1))
+    elif bits == 1:
+        plan.act = Encoding("bipolar", 1)
+        plan.act_scale = _nonzero(mean_abs)
+    else:
+        plan.act = Encoding("signed", bits)
+        plan.act_scale = _nonzero(high / (2 ** (bits - 1) - 1))
+    plan.choose_kernel()
 
 
 def _nonzero(scale: float) -> float:
     return float(np.float32(scale)) if scale > 0 else 1.0
 
 
-def _with_layer_inputs_as_outputs(mod: tvm.IRModule, exprs: list[relax.Expr]) -> tvm.IRModule:
-    mod = relax.transform.ToNonDataflow()(mod)
+def _calls_in_main(mod: tvm.IRModule, gvars: set) -> dict:
+    """GlobalVar → the data argument (a variable of main) of its call in main."""
+    found = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op in gvars:
+                found[value.op] = value.args[0]
+    return found
+
+
+def _ranges(mod: tvm.IRModule, exprs: list, samples) -> list[tuple[float, float, float]]:
+    """(minimum, maximum |x|, mean |x|) of each expression of main over all samples."""
+    probe = _with_outputs(mod, exprs)
+    vm = relax.VirtualMachine(tvm.compile(probe, target=tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+    lows, highs, sums, counts = [np.inf] * len(exprs), [0.0] * len(exprs), [0.0] * len(exprs), [0] * len(exprs)
+    for inputs in samples:
+        outputs = vm["main"](*[tvm.runtime.tensor(a) for a in inputs])
+        for i in range(len(exprs)):
+            data = outputs[i].numpy().astype(np.float64)
+            lows[i] = min(lows[i], data.min())
+            highs[i] = max(highs[i], np.abs(data).max())
+            sums[i] += np.abs(data).sum()
+            counts[i] += data.size
+    return [(lows[i], highs[i], sums[i] / counts[i]) for i in range(len(exprs))]
+
+
+def _with_outputs(mod: tvm.IRModule, exprs: list) -> tvm.IRModule:
+    """`mod` whose main returns `exprs` (variables of main) instead of its outputs."""
+    positions = _positions(mod["main"])
+    where = [positions[expr] for expr in exprs]
+    mod = relax.transform.ToNonDataflow()(mod)  # the dataflow variables become returnable
     func = mod["main"]
-    # ToNonDataflow keeps the variables' identities apart from their kind: find them by name.
-    by_name = {b.var.name: b.var for block in func.body.blocks for b in block.bindings}
-    by_name.update({p.name: p for p in func.params})
-    fields = [by_name[e.name] for e in exprs]
-    body = relax.BlockBuilder().normalize(relax.SeqExpr(func.body.blocks, relax.Tuple(fields)))
-    new = relax.Function(func.params, body, None, func.is_pure, func.attrs)
-    return tvm.IRModule({"main": new})
+    variables = {position: var for var, position in _positions(func).items()}
+    body = relax.BlockBuilder().normalize(relax.SeqExpr(func.body.blocks, relax.Tuple([variables[w] for w in where])))
+    builder = relax.BlockBuilder(mod)
+    builder.update_func(mod.get_global_var("main"), relax.Function(func.params, body, None, func.is_pure, func.attrs))
+    return builder.get()
+
+
+def _positions(func: relax.Function) -> dict:
+    """Variable → where it is bound: ("param", i) or (block, binding)."""
+    positions = {param: ("param", i) for i, param in enumerate(func.params)}
+    for i, block in enumerate(func.body.blocks):
+        for j, binding in enumerate(block.bindings):
+            positions[binding.var] = (i, j)
+    return positions

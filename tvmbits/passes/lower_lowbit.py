@@ -1,7 +1,7 @@
-"""Rewrite planned conv2d / dense layers into the low-bit operators.
+"""LowerLowBit: replace every call of a planned layer function by its low-bit operators.
 
-For each layer with a low-bit plan the binding `y = conv2d(x, W)` (NHWC/OHWI) or
-`y = matmul(x, W)` becomes
+In every function of the module, a call of a layer function (`layers.py`) whose plan is
+low-bit, `y = layer(x)` holding `conv2d(x, W)` (NHWC/OHWI) or `matmul(x, W)`, becomes
 
     codes  = binarize(z) | quantize(x, act_scale, act_zero_point)  # Sign(z) feeding it absorbed
     packed = bitpack(codes) | subbyte_pack(codes)
@@ -9,6 +9,9 @@ For each layer with a low-bit plan the binding `y = conv2d(x, W)` (NHWC/OHWI) or
                                                    # kernels' weight_offset summed) here
              − act_zero_point · Σ W            # only for a zero point; per position and channel
     y      = float32(acc) · (act_scale · weight_scale)  # per output channel, last axis
+
+A call of a layer that stays float becomes the layer function's body again. The layer
+functions, no longer called, are removed.
 
 The kernel PrimFuncs carry op_pattern 4 (out-elementwise-fusable), so TVM's FuseOps later
 fuses this epilogue, and any bias, batch norm or residual add after it, into the kernel.
@@ -30,43 +33,46 @@ from tvmbits.ops.quantize import binarize, quantize
 from tvmbits.ops.subbyte import bias, pack_subbyte_weight, subbyte_pack, weight_offset
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
-from tvmbits.passes.layer_plan import LayerPlan
+from tvmbits.passes.layer_plan import LayerPlan, is_planned
+from tvmbits.passes.layers import is_layer_function
 
 OUT_EWISE_FUSABLE = {"op_pattern": 4}
+LOWBIT_KERNELS = ("bitserial", "subbyte")
 
 
-def lower_lowbit(plans: list[LayerPlan]) -> tvm.transform.Pass:
-    """The pass that lowers every non-float plan of `plans` (planned on the same module)."""
-    by_call = {plan.layer.call: plan for plan in plans if plan.kernel != "float"}
-
-    @tvm.transform.module_pass(opt_level=0, name="LowerLowBit")
-    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, by_call)
-        main = mod.get_global_var("main")
-        rewriter.builder_.update_func(main, rewriter.visit_expr(mod["main"]))
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
-
-    return transform
+@tvm.transform.module_pass(opt_level=0, name="tvmbits.LowerLowBit")
+def LowerLowBit(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 (TVM's pass naming)
+    plans = {gvar: LayerPlan.of(func) for gvar, func in mod.functions.items() if is_planned(func)}
+    rewriter = _Rewriter(mod, plans)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function) and not is_layer_function(func):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, by_call):
+    def __init__(self, mod, plans):
         super().__init__(mod)
-        self.by_call = by_call
+        self.mod = mod
+        self.plans = plans
 
     def visit_call_(self, call):
-        plan = self.by_call.get(call)
-        if plan is None:
+        if not isinstance(call.op, relax.GlobalVar) or not is_layer_function(self.mod[call.op]):
             return super().visit_call_(call)
-        codes = self._codes(plan)
+        args = [self.visit_expr(arg) for arg in call.args]
+        plan = self.plans.get(call.op)
+        if plan is None or plan.kernel not in LOWBIT_KERNELS:
+            return self._inline(self.mod[call.op], args)
+        codes = self._codes(plan, args[0])
         layer = plan.layer
         channels = layer.weight.shape[-1]
         name = f"{plan.kernel}_{layer.op}"
         conv_args = (layer.attrs["strides"], layer.attrs["padding"]) if layer.op == "conv2d" else ()
         if plan.kernel == "bitserial":
             packed = self.builder_.emit_te(bitpack, codes, plan.act.bits, primfunc_name_hint="bitpack")
-            inputs = [packed, relax.const(pack_bits(plan.wgt.encode(plan.weight_values), plan.wgt.bits))]
+            values = plan.weight_values
+            inputs = [packed, relax.const(pack_bits(plan.wgt.encode(values), plan.wgt.bits))]
             kernel = bitserial_conv2d_nhwc if layer.op == "conv2d" else bitserial_dense
             sizes = (channels,)
             if has_offset(plan.act, plan.wgt):
@@ -75,11 +81,12 @@ class _Rewriter(PyExprMutator):
                                                     primfunc_name_hint="bitserial_offset"))
         else:
             packed = self.builder_.emit_te(partial(subbyte_pack, act=plan.act), codes, primfunc_name_hint="subbyte_pack")
-            inputs = [packed, relax.const(pack_subbyte_weight(plan.weight_values, plan.wgt))]
+            values = plan.weight_values
+            inputs = [packed, relax.const(pack_subbyte_weight(values, plan.wgt))]
             kernel = subbyte_conv2d_nhwc if layer.op == "conv2d" else subbyte_dense
             sizes = (channels, layer.weight.shape[0])
             if bias(plan.act):
-                inputs.append(relax.const(weight_offset(plan.weight_values, plan.act)))
+                inputs.append(relax.const(weight_offset(values, plan.act)))
         # emit_te passes only tensors and plain numbers through; bind the rest here
         acc = self.builder_.emit_te(
             lambda data, weight, *offset: kernel(data, weight, *sizes, plan.act, plan.wgt, *conv_args, *offset),
@@ -102,14 +109,24 @@ class _Rewriter(PyExprMutator):
         kernel_size = plan.layer.weight.shape[1:3]
         return lambda data: window_offset(data, channels, plan.act, plan.wgt, kernel_size, *conv_args)
 
-    def _codes(self, plan: LayerPlan) -> relax.Expr:
-        if plan.layer.sign_of is not None and plan.act.kind == "bipolar":
-            source, layout_ops = plan.layer.sign_of
-            data = self.visit_expr(source)
-            for op in layout_ops:
-                data = self.builder_.emit(relax.Call(op.op, [data, *op.args[1:]], op.attrs))
-            return self.builder_.emit_te(binarize, data, primfunc_name_hint="binarize")
-        data = self.visit_expr(plan.layer.call.args[0])
+    def _inline(self, func: relax.Function, args: list) -> relax.Expr:
+        """The body of a layer function on `args` (its bindings emitted here)."""
+        values = dict(zip(func.params, args))
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                call = binding.value
+                new = relax.Call(call.op, [values.get(a, a) for a in call.args], call.attrs, call.ty_args)
+                values[binding.var] = self.builder_.emit(new)
+        return values[func.body.body]
+
+    def _codes(self, plan: LayerPlan, data: relax.Expr) -> relax.Expr:
+        """The activation codes of the layer's data, from its function's first argument (z of a
+        Sign-fed layer: binarizing z is the Sign, with 0 → +1)."""
+        if plan.layer.bipolar_data:
+            if plan.act.kind != "bipolar":
+                data = self.builder_.emit(relax.op.sign(data))
+            for op in plan.layer.layout_ops:
+                data = self.builder_.emit(relax.Call(op.op, [data, *op.args[1:]], op.attrs, op.ty_args))
         if plan.act.kind == "bipolar":
             return self.builder_.emit_te(binarize, data, primfunc_name_hint="binarize")
         return self.builder_.emit_te(
@@ -126,7 +143,7 @@ def _zero_point_correction(plan: LayerPlan) -> np.ndarray:
     z, weight = plan.act_zero_point, plan.weight_values
     if plan.layer.op == "dense":
         return (z * weight.sum(axis=1)).astype(np.int32)
-    _, height, width, channels = (int(d) for d in plan.layer.call.args[0].ty.shape)
+    _, height, width, channels = plan.layer.data_shape
     ones = np.ones((1, height, width, channels), np.int64)
     inside = reference.conv2d_nhwc(ones, weight, plan.layer.attrs["strides"], plan.layer.attrs["padding"])
     return (z * inside).astype(np.int32)

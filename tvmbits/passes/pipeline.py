@@ -1,51 +1,128 @@
-"""The Relax passes around the low-bit lowering, in the order they run.
+"""The compile pipeline, in the order it runs: one pass per phase.
 
-`to_nhwc` runs before layers are found: NHWC activations and OHWI weights for every conv2d
-(TVM's ConvertLayout inserts the transposes at the graph's edges only), constants folded.
-`schedule` runs after lowering: TVM's legalization and fusion (FuseOps fuses epilogues into
-the op_pattern-4 kernels), then tuned schedules from a MetaSchedule database where it has them
-and the default schedules of `tvmbits.schedules` elsewhere;
-`lower_pipeline` is TVM's own lowering to the VM, which `tvm.compile` runs last.
+    imported Relax module (frontend/)
+      ─▶ ToNHWC          NHWC activations, OHWI weights for every conv2d; constants folded
+      ─▶ AnnotateLayers  every named conv/dense call wrapped into a layer function
+      ─▶ PlanLayers      each layer's kernel, bits, scales into its function's attributes
+      ─▶ Calibrate       activation ranges for post-training layers (only when some need them)
+      ─▶ LowerLowBit     low-bit layers into quantize → pack → kernel → epilogue; float inlined
+      ─▶ Fuse            TVM's legalization and fusion: epilogues into the kernels
+      ─▶ Schedule        tuned schedules from a MetaSchedule database, else tvmbits' defaults
+      ─▶ tvm.compile with `lower_pipeline` (TVM's own lowering to the Relax VM)
+
+Every phase is a `tvm.transform.Pass` named "tvmbits.<Phase>"; `DumpIR` is a pass instrument
+that writes the module after each of them (`tvmbits compile --dump-ir DIR`).
 """
 
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_backend
 from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 
+from tvmbits.frontend.facts import LayerFacts
+from tvmbits.passes.annotate_layers import AnnotateLayers
+from tvmbits.passes.calibrate import Calibrate
+from tvmbits.passes.layer_plan import LayerPlan, is_planned
+from tvmbits.passes.lower_lowbit import LowerLowBit
+from tvmbits.passes.plan_layers import PlanLayers
 from tvmbits.schedules import default_rules
+from tvmbits.schedules.vnni import has_vnni
+
+PREFIX = "tvmbits."
+TUNED_KERNELS = "tvmbits.tuned_kernels"
 
 
-def to_nhwc(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    with target:
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
-    return relax.transform.FoldConstant()(mod)
+def lowbit_phases(
+    target: tvm.target.Target,
+    layer_names: list[str],
+    facts: dict[str, LayerFacts],
+    samples: Callable[[], list[list[np.ndarray]]],
+    wbits: int | None = None,
+    abits: int | None = None,
+    all_layers: bool = False,
+    kernel: str = "auto",
+) -> list[tvm.transform.Pass]:
+    """ToNHWC … Calibrate: the phases that find and plan the layers (`samples` is called only
+    when some layer needs calibration)."""
+    return [
+        ToNHWC(target),
+        AnnotateLayers(layer_names),
+        PlanLayers(wbits, abits, all_layers, kernel, facts, has_vnni(target), layer_names),
+        Calibrate(samples),
+    ]
 
 
-def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def build_phases(target: tvm.target.Target, database=None) -> list[tvm.transform.Pass]:
+    """LowerLowBit … Schedule: the phases from a planned module to one `tvm.compile` builds."""
+    return [LowerLowBit, Fuse(target), Schedule(target, database)]
+
+
+def layer_plans(mod: tvm.IRModule, order: list[str] | None = None) -> list[LayerPlan]:
+    """The plans of a planned module's layer functions, in `order` of names if given."""
+    plans = [LayerPlan.of(func) for func in mod.functions.values() if is_planned(func)]
+    if order is None:
+        return sorted(plans, key=lambda plan: plan.name)
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(plans, key=lambda plan: rank.get(plan.name, len(rank)))
+
+
+def ToNHWC(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM's pass naming)
+    """NHWC activations and OHWI weights for every conv2d (TVM's ConvertLayout inserts the
+    transposes at the graph's edges only), constants folded."""
+
+    @tvm.transform.module_pass(opt_level=0, name=PREFIX + "ToNHWC")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+        return relax.transform.FoldConstant()(mod)
+
+    return transform
+
+
+def Fuse(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM's pass naming)
     """Legalize and fuse: epilogues go into the op_pattern-4 kernels, one PrimFunc per kernel
     (the functions that tuning tasks and schedules see)."""
-    with target:
-        passes = _backend(target).library_dispatch_passes(target) + [
-            relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-        ]
-        return tvm.transform.Sequential(passes)(mod)
+
+    @tvm.transform.module_pass(opt_level=0, name=PREFIX + "Fuse")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            passes = _backend(target).library_dispatch_passes(target) + [
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return transform
 
 
-def schedule(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> tvm.IRModule:
-    """`fuse`, then schedule every PrimFunc: from the tuning `database` where it has the
-    function's workload, else with the default rules of `tvmbits.schedules`."""
-    mod = fuse(mod, target)
-    with target:
-        if database is not None:
-            with database:
-                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-        return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
+def Schedule(target: tvm.target.Target, database=None) -> tvm.transform.Pass:  # noqa: N802
+    """Schedule every PrimFunc: from the tuning `database` where it has the function's
+    workload, else with the default rules of `tvmbits.schedules`. The module attribute
+    `TUNED_KERNELS` counts the functions the database scheduled."""
+
+    @tvm.transform.module_pass(opt_level=0, name=PREFIX + "Schedule")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            tuned = sum(
+                isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None
+                and int(func.attrs.get("tirx.is_scheduled", 0)) == 1
+                for func in mod.functions.values()
+            )
+            mod = dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
+            return mod.with_attr(TUNED_KERNELS, tuned)
+
+    return transform
 
 
 def lower_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -59,6 +136,32 @@ def lower_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
             return tvm.transform.Sequential(passes)(mod)
 
     return pipeline
+
+
+def run(mod: tvm.IRModule, phases: list[tvm.transform.Pass]) -> tvm.IRModule:
+    """Run `phases` in order (each one is seen by the pass instruments of the current context)."""
+    for phase in phases:
+        mod = phase(mod)
+    return mod
+
+
+@tvm.instrument.pass_instrument
+class DumpIR:
+    """Writes the module after each tvmbits phase to `folder/NN-<Phase>.py` (TVMScript),
+    numbered in the order the phases ran; `dump("name", mod)` writes one more (the import)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.count = 0
+
+    def dump(self, name: str, mod: tvm.IRModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{self.count:02d}-{name}.py").write_text(mod.script(show_meta=False))
+        self.count += 1
+
+    def run_after_pass(self, mod, info):
+        if info.name.startswith(PREFIX):
+            self.dump(info.name[len(PREFIX):], mod)
 
 
 def _backend(target: tvm.target.Target):

@@ -51,7 +51,6 @@ def plan_from_facts(layer: Layer, facts: LayerFacts) -> LayerPlan:
     plan.act_scale = float(facts.act.scale)
     plan.act_zero_point = int(facts.act.zero_point)
     plan.wgt = wgt
-    plan.weight_values = values.astype(np.int64)
     plan.weight_scale = np.ascontiguousarray(scale, np.float32)
     return plan
 

@@ -1,4 +1,7 @@
-"""Decide, per layer, which kernel runs it and with which bit widths.
+"""PlanLayers: decide, per layer function, which kernel runs it and with which bit widths.
+
+The plan goes into the layer function's attributes (`layer_plan.py`); every layer function of
+the module is planned, in any function.
 
 Three ways a layer becomes low-bit:
 - *quantized in the model* (QONNX or QDQ): the model's own quantizers give the bits, integer
@@ -11,19 +14,21 @@ Three ways a layer becomes low-bit:
   1 bit → bipolar with scale mean|w| (XNOR-Net); k ≥ 2 bits → signed narrow range
   ±(2^(k−1)−1) with scale max|w| / (2^(k−1)−1). Activations take their encoding and scale from
   calibration (`calibrate.py`), except data that is already Sign(z), which stays bipolar, exact.
-  The first and last layers stay float unless `all_layers`.
+  The first and last layers (of the model's layer order) stay float unless `all_layers`.
 
 Kernel: bit-serial when both operands have at most 2 bits (on a target with byte dot products,
 `byte_dot`, when one of them has 1 bit), sub-byte otherwise, unless forced.
 """
 
 import numpy as np
+import tvm
+from tvm import relax
 
 from tvmbits.errors import OptionError
 from tvmbits.frontend.facts import LayerFacts
 from tvmbits.ops.encoding import Encoding
 from tvmbits.passes.layer_plan import LayerPlan
-from tvmbits.passes.layers import Layer
+from tvmbits.passes.layers import Layer, is_layer_function
 from tvmbits.passes.quantized_plan import plan_from_facts
 
 KERNELS = ("auto", "bitserial", "subbyte")
@@ -34,48 +39,62 @@ def check_bits(flag: str, bits: int | None) -> None:
         raise OptionError(f"{flag} {bits}: bit widths must be between 1 and 8")
 
 
-def assign_bits(
-    layers: list[Layer],
+def PlanLayers(  # noqa: N802 (TVM's pass naming)
     wbits: int | None = None,
     abits: int | None = None,
     all_layers: bool = False,
     kernel: str = "auto",
     facts: dict[str, LayerFacts] | None = None,
     byte_dot: bool = False,
-) -> list[LayerPlan]:
-    """One plan per layer, in order; `facts` are the frontend's, keyed by layer name."""
+    order: list[str] | None = None,
+) -> tvm.transform.Pass:
+    """The pass; `facts` are the frontend's, keyed by layer name; `order` lists the layer names
+    in the model's order (its first and last are the edge layers), else the module's order."""
     check_bits("--wbits", wbits)
     check_bits("--abits", abits)
     if kernel not in KERNELS:
         raise OptionError(f"--kernel {kernel}: choose one of {', '.join(KERNELS)}")
     if (wbits is None) != (abits is None):
         wbits = abits = wbits or abits
-    plans = []
-    for index, layer in enumerate(layers):
-        if facts and layer.name in facts:
-            plan = plan_from_facts(layer, facts[layer.name])
-        else:
-            plan = _binarized(layer) or LayerPlan(layer, "float", "float")
-        if plan.origin == "float":
-            edge = index in (0, len(layers) - 1) and not all_layers
-            if layer.unsupported:
-                plan.reason = layer.unsupported
-            elif wbits is None:
-                plan.reason = "float in the model (give --wbits/--abits to quantize)"
-            elif edge:
-                plan.reason = "first/last layer stays float (--all-layers to quantize it)"
-            else:
-                plan = _post_training(layer, wbits, abits)
-        plan.forced_kernel = kernel
-        plan.byte_dot = byte_dot
-        if plan.kernel != "float" and plan.act is not None:
-            plan.choose_kernel()
-        plans.append(plan)
-    return plans
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmbits.PlanLayers")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        layers = {gvar: Layer.of(func) for gvar, func in mod.functions.items() if is_layer_function(func)}
+        names = order or [layer.name for layer in layers.values()]
+        edges = {names[0], names[-1]} if names and not all_layers else set()
+        builder = relax.BlockBuilder(mod)
+        for gvar, layer in layers.items():
+            plan = _plan(layer, wbits, abits, facts or {}, layer.name in edges)
+            plan.forced_kernel = kernel
+            plan.byte_dot = byte_dot
+            if plan.kernel != "float" and plan.act is not None:
+                plan.choose_kernel()
+            builder.update_func(gvar, mod[gvar].with_attrs(plan.to_attrs()))
+        return builder.get()
+
+    return transform
+
+
+def _plan(layer: Layer, wbits, abits, facts: dict[str, LayerFacts], edge: bool) -> LayerPlan:
+    if layer.name in facts:
+        plan = plan_from_facts(layer, facts[layer.name])
+    else:
+        plan = _binarized(layer) or LayerPlan(layer, "float", "float")
+    if plan.origin != "float":
+        return plan
+    if layer.unsupported:
+        plan.reason = layer.unsupported
+    elif wbits is None:
+        plan.reason = "float in the model (give --wbits/--abits to quantize)"
+    elif edge:
+        plan.reason = "first/last layer stays float (--all-layers to quantize it)"
+    else:
+        plan = _post_training(layer, wbits, abits)
+    return plan
 
 
 def _binarized(layer: Layer) -> LayerPlan | None:
-    if layer.unsupported or layer.sign_of is None:
+    if layer.unsupported or not layer.bipolar_data:
         return None
     scale = _bipolar_scale(layer.weight)
     if scale is None:
@@ -86,7 +105,6 @@ def _binarized(layer: Layer) -> LayerPlan | None:
         origin="binarized",
         act=Encoding("bipolar", 1),
         wgt=Encoding("bipolar", 1),
-        weight_values=np.where(layer.weight >= 0, 1, -1).astype(np.int64),
         weight_scale=scale,
     )
 
@@ -104,23 +122,12 @@ def _post_training(layer: Layer, wbits: int, abits: int) -> LayerPlan:
     if wbits == 1:
         wgt = Encoding("bipolar", 1)
         scale = np.abs(flat).mean(axis=1)
-        values = np.where(layer.weight >= 0, 1, -1)
     else:
         wgt = Encoding("signed", wbits)
-        top = 2 ** (wbits - 1) - 1
-        scale = np.abs(flat).max(axis=1) / top
+        scale = np.abs(flat).max(axis=1) / (2 ** (wbits - 1) - 1)
         scale[scale == 0] = 1.0
-        shaped = scale.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
-        values = np.clip(np.rint(layer.weight / shaped), -top, top)
-    plan = LayerPlan(
-        layer,
-        kernel="pending",
-        origin="post-training",
-        wgt=wgt,
-        weight_values=values.astype(np.int64),
-        weight_scale=scale.astype(np.float32),
-    )
-    if layer.sign_of is not None:
+    plan = LayerPlan(layer, kernel="pending", origin="post-training", wgt=wgt, weight_scale=scale.astype(np.float32))
+    if layer.bipolar_data:
         plan.act = Encoding("bipolar", 1)
     else:
         plan.act_bits = abits
