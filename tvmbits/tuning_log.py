@@ -6,12 +6,18 @@ finishes, so an interrupted or killed run keeps every finished measurement and a
 from them) and `tuned_on.json` (profile, CPU model and LLVM's name for it, cores, TVM version of the last
 run).
 A line that does not parse (a run killed mid-write, a hand edit) is dropped with a warning.
-The logs shipped with tvmbits are `tuning_logs/<profile>/` at the top of the source tree.
+The logs shipped with tvmbits are `tuning_logs/<profile>/` at the top of the source tree,
+installed as the package data `tvmbits.tuning_logs` and never written at run time. `tvmbits
+tune` appends by default to the user's log, `$XDG_CACHE_HOME/tvmbits/tuning_logs/<profile>`
+(`~/.cache/...`), which starts as a copy of the shipped one; `compile` reads the user's log
+when there is one, else the shipped one.
 """
 
+import importlib.resources
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -20,15 +26,40 @@ from tvm.s_tir import meta_schedule as ms
 
 from tvmbits.errors import TuningLogError
 
-LOGS_DIR = Path(__file__).resolve().parents[1] / "tuning_logs"
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 TUNED_ON = "tuned_on.json"
 
 
+def shipped_log(profile_name: str) -> Path:
+    """The tuning log shipped for a profile (it may not exist)."""
+    return Path(str(importlib.resources.files("tvmbits.tuning_logs"))) / profile_name
+
+
+def user_log(profile_name: str) -> Path:
+    """The user's own tuning log of a profile, which `tune` appends to by default."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "tvmbits" / "tuning_logs" / profile_name
+
+
 def default_log(profile_name: str) -> Path:
-    """The shipped tuning log of a profile (`tuning_logs/<profile>`)."""
-    return LOGS_DIR / profile_name
+    """The log `compile` applies by default: the user's, else the shipped one (may not exist)."""
+    own = user_log(profile_name)
+    return own if (own / RECORDS).is_file() else shipped_log(profile_name)
+
+
+def start_user_log(profile_name: str, log: Callable[[str], None]) -> Path:
+    """The user's log of a profile for `tune` to append to; a first one starts as a copy of the
+    shipped log, so that tuning goes on from the shipped measurements."""
+    own = user_log(profile_name)
+    shipped = shipped_log(profile_name)
+    if not own.exists() and (shipped / RECORDS).is_file():
+        log(f"starting {own} from the shipped tuning log")
+        partial = own.with_name(own.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(shipped, partial, ignore=shutil.ignore_patterns("__pycache__"))
+        partial.replace(own)
+    return own
 
 
 def open_database(folder: str | Path, log: Callable[[str], None], create: bool = False) -> ms.database.JSONDatabase:
