@@ -14,8 +14,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from tvmbits import runtime
-from tvmbits.artifact import open_artifact
+import tvmbits
 
 
 def time_onnxruntime(path: str, feeds: dict, repeat: int) -> tuple[float, list[np.ndarray]]:
@@ -33,14 +32,9 @@ def time_onnxruntime(path: str, feeds: dict, repeat: int) -> tuple[float, list[n
     return float(np.median(times)), outputs
 
 
-def time_tvmbits(artifact: str, feeds: dict, repeat: int) -> tuple[float, list[np.ndarray]]:
-    art = open_artifact(artifact)
-    session = runtime.Session.open()
-    loaded = session.load(art.library)
-    args = [feeds[spec["name"]] for spec in art.metadata["inputs"]]
-    outputs = runtime.run(session, loaded, args)
-    times = runtime.time(session, loaded, args, number=1, repeat=repeat)
-    return float(np.median(times)), outputs
+def time_tvmbits(model: tvmbits.Model, feeds: dict, repeat: int) -> tuple[float, list[np.ndarray]]:
+    outputs = list(model(**feeds).values())
+    return model.benchmark(repeat, feeds)["median"], outputs
 
 
 def main() -> None:
@@ -50,7 +44,8 @@ def main() -> None:
     parser.add_argument("--input", help=".npy input (default: seeded standard normal)")
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
-    meta = open_artifact(args.artifact).metadata
+    model = tvmbits.load(args.artifact)
+    meta = model.metadata
     (spec,) = meta["inputs"]
     if args.input:
         x = np.load(args.input)
@@ -58,7 +53,7 @@ def main() -> None:
         x = np.random.default_rng(0).standard_normal(spec["shape"]).astype(spec["dtype"])
     feeds = {spec["name"]: x}
     ort_ms, ort_out = time_onnxruntime(args.onnx, feeds, args.repeat)
-    tvm_ms, tvm_out = time_tvmbits(args.artifact, feeds, args.repeat)
+    tvm_ms, tvm_out = time_tvmbits(model, feeds, args.repeat)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(ort_out, tvm_out))
     same_argmax = all(np.array_equal(a.argmax(-1), b.argmax(-1)) for a, b in zip(ort_out, tvm_out))
     print(f"cores: {os.cpu_count()}, median of {args.repeat} runs")

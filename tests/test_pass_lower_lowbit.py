@@ -31,8 +31,9 @@ def expected() -> tvm.IRModule:
             acc = builder.emit(relax.op.astype(acc, "float32"))
             scale = np.abs(W_BINARY.reshape(4, -1)).max(axis=1).astype(np.float32)
             a = builder.emit(relax.op.multiply(acc, relax.const(scale)))
-            y = builder.emit(relax.op.nn.conv2d(a, relax.const(W_FLOAT), data_layout="NHWC", kernel_layout="OHWI"))
-            out = builder.emit_output(y)
+            out = builder.emit_output(
+                relax.op.nn.conv2d(a, relax.const(W_FLOAT), data_layout="NHWC", kernel_layout="OHWI")
+            )
         builder.emit_func_output(out)
     return builder.get()
 

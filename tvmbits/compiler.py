@@ -137,6 +137,7 @@ def compile_with(
         "layers": [plan.to_json() for plan in lowered.plans],
         "tuning_log": log_path,
         "tuned_kernels": tuned,
+        "layout_transposes": pipeline.count_calls(lowered.mod, "relax.permute_dims"),
     }
     workdir = tempfile.TemporaryDirectory(prefix="tvmbits-")
     library = Path(workdir.name) / artifact.LIBRARY

@@ -1,11 +1,15 @@
 """TVM's ONNX importer, with each layer's Relax call named after its ONNX node.
 
 Every Conv, Gemm and MatMul node's conv1d/conv2d/conv3d/matmul call is bound to a variable
-named `LAYER_PREFIX + <node name>` (`graph_edit.node_name`), so the passes find a layer's ONNX
+named `LAYER_PREFIX + encode(<node name>)` (`graph_edit.node_name`; `encode` writes every
+character but ASCII letters and digits as `_<hex code>_`, since Relax rewrites some characters
+of variable names, and makes it a valid identifier), so the passes find a layer's ONNX
 name in the IR itself instead of pairing calls with nodes by position: a layer the passes do
 not lower (a 1-D convolution) cannot shift the names of those after it. The rest of the import
 is TVM's own (`tvm.relax.frontend.onnx`).
 """
+
+import re
 
 import tvm
 from tvm import relax
@@ -17,10 +21,19 @@ LAYER_PREFIX = "onnx__"
 LAYER_CALLS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
 
 
+def encode(name: str) -> str:
+    """`name` in ASCII letters, digits and `_` alone: "stem.conv" → "stem_2e_conv"."""
+    return "".join(c if c.isascii() and c.isalnum() else f"_{ord(c):x}_" for c in name)
+
+
+def decode(text: str) -> str:
+    return re.sub(r"_([0-9a-f]+)_", lambda m: chr(int(m.group(1), 16)), text)
+
+
 def layer_name(var: relax.Var) -> str | None:
     """The ONNX node name a layer variable carries, or None."""
     name = var.name
-    return name[len(LAYER_PREFIX):] if name.startswith(LAYER_PREFIX) else None
+    return decode(name[len(LAYER_PREFIX):]) if name.startswith(LAYER_PREFIX) else None
 
 
 def is_layer_call(expr) -> bool:
@@ -42,7 +55,7 @@ class _NamingImporter(onnx_frontend.ONNXGraphImporter):
             call itself and returned an expression over its variable)."""
             value = self.bb.lookup_binding(e) if isinstance(e, relax.Var) else e
             if is_layer_call(value) and not named:
-                named.append(self.bb.emit(value, name_hint=LAYER_PREFIX + name))
+                named.append(self.bb.emit(value, name_hint=LAYER_PREFIX + encode(name)))
                 return named[0]
             if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
                 return relax.Call(e.op, [bind(a) for a in e.args], e.attrs, e.ty_args)

@@ -110,14 +110,18 @@ class _Rewriter(PyExprMutator):
         return lambda data: window_offset(data, channels, plan.act, plan.wgt, kernel_size, *conv_args)
 
     def _inline(self, func: relax.Function, args: list) -> relax.Expr:
-        """The body of a layer function on `args` (its bindings emitted here)."""
+        """The body of a layer function on `args`: its bindings emitted here but the last, whose
+        value is returned for the caller's own binding (an alias binding would keep FuseOps
+        from fusing the layer with what follows)."""
         values = dict(zip(func.params, args))
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                call = binding.value
-                new = relax.Call(call.op, [values.get(a, a) for a in call.args], call.attrs, call.ty_args)
-                values[binding.var] = self.builder_.emit(new)
-        return values[func.body.body]
+        bindings = [binding for block in func.body.blocks for binding in block.bindings]
+        for binding in bindings:
+            call = binding.value
+            new = relax.Call(call.op, [values.get(a, a) for a in call.args], call.attrs, call.ty_args)
+            if binding is bindings[-1]:
+                return new
+            values[binding.var] = self.builder_.emit(new)
+        raise ValueError(f"layer function without bindings: {func.attrs['tvmbits.layer']}")
 
     def _codes(self, plan: LayerPlan, data: relax.Expr) -> relax.Expr:
         """The activation codes of the layer's data, from its function's first argument (z of a

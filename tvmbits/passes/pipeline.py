@@ -71,6 +71,23 @@ def layer_plans(mod: tvm.IRModule, order: list[str] | None = None) -> list[Layer
     return sorted(plans, key=lambda plan: rank.get(plan.name, len(rank)))
 
 
+def count_calls(mod: tvm.IRModule, op_name: str) -> int:
+    """How many calls of the Relax op `op_name` the module's functions make (e.g. the layout
+    transposes left after ToNHWC: "relax.permute_dims")."""
+    op = tvm.ir.Op.get(op_name)
+    count = 0
+
+    def visit(expr):
+        nonlocal count
+        if isinstance(expr, relax.Call) and expr.op.same_as(op):
+            count += 1
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return count
+
+
 def ToNHWC(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM's pass naming)
     """NHWC activations and OHWI weights for every conv2d (TVM's ConvertLayout inserts the
     transposes at the graph's edges only), constants folded."""
