@@ -1,0 +1,137 @@
+"""One low-bit layer as standalone functions for a profile, its seeded inputs and its reference.
+
+The layer is rebuilt alone in a Relax module, `main(x) = conv2d(x, W)` (NHWC/OHWI) or
+`matmul(x, Wᵀ)`, x the layer's float input, and lowered, fused and scheduled by the compiler's
+own passes (`lower_lowbit`, `schedule`): binarize or quantize, the packing op, and the kernel
+with its fused epilogue (activation zero-point correction, the float32 scale). What `main` then
+calls is a straight list of PrimFuncs; they are built for the profile as one library and the
+list becomes a `Program`, which `emulator.run` executes on the emulated CPU.
+
+The seeded input holds values of the layer's activation encoding, v · act_scale in float32 for
+v − act_zero_point (so quantize gives v back exactly); the reference is
+float32(reference.conv2d_nhwc|dense(v − z, weight_values)) · float32(act_scale · weight_scale),
+what the compiled layer must equal (a float32 epilogue: within 1 ulp).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvmbits.errors import TargetError
+from tvmbits.ops import reference
+from tvmbits.passes.layer_plan import LayerPlan
+from tvmbits.passes.lower_lowbit import lower_lowbit
+from tvmbits.passes.pipeline import schedule
+
+
+@dataclass
+class Program:
+    """Calls of one layer's functions: `tensors[i]` is an input (numpy array), a constant, or an
+    intermediate/output (a (shape, dtype) to allocate); `calls` are (function, tensor indices)."""
+
+    library: Path
+    tensors: list
+    calls: list[tuple[str, list[int]]]
+    input: int
+    output: int
+
+
+def layer_input(plan: LayerPlan, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 input of the layer, int64 values the activation encoding gives it)."""
+    shape = tuple(int(d) for d in plan.layer.call.args[0].ty.shape)
+    rng = np.random.default_rng(seed)
+    lo, hi = plan.act.value_range
+    if plan.act.kind == "bipolar":
+        values = rng.choice(np.array([-1, 1]), size=shape)
+        return values.astype(np.float32), values.astype(np.int64)
+    values = rng.integers(lo, hi + 1, size=shape)
+    # quantize(x) = clamp(round(x / act_scale) + z): x = (v − z) · act_scale gives v back
+    x = ((values - plan.act_zero_point) * np.float64(plan.act_scale)).astype(np.float32)
+    return x, values
+
+
+def expected(plan: LayerPlan, values: np.ndarray) -> np.ndarray:
+    """The layer's float32 output from the integer reference."""
+    a = values - plan.act_zero_point
+    if plan.layer.op == "conv2d":
+        acc = reference.conv2d_nhwc(a, plan.weight_values, plan.layer.attrs["strides"], plan.layer.attrs["padding"])
+    else:
+        acc = reference.dense(a, plan.weight_values)
+    scale = (np.float64(plan.act_scale) * plan.weight_scale).astype(np.float32)
+    return acc.astype(np.float32) * scale
+
+
+def build(plan: LayerPlan, profile, target: tvm.target.Target, library: Path) -> Program:
+    """Lower `plan`'s layer alone, build its functions for `target` into `library` with the
+    profile's cross compiler, and return the program that runs them."""
+    mod, alone = _alone(plan)
+    mod = schedule(lower_lowbit([alone])(mod), target)
+    main = mod["main"]
+    tensors: list = [None]
+    index = {main.params[0]: 0}
+    calls = []
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Var) and value in index:
+                index[binding.var] = index[value]
+                continue
+            if not (isinstance(value, relax.Call) and value.op.name == "relax.call_tir"):
+                raise NotImplementedError(f"layer {plan.name}: the lowered layer computes {value.op} outside a kernel")
+            gvar, args = value.args[0], value.args[1].fields
+            ids = []
+            for arg in args:
+                if isinstance(arg, tvm.ir.expr.Constant):
+                    tensors.append(arg.value.numpy())
+                    ids.append(len(tensors) - 1)
+                else:
+                    ids.append(index[arg])
+            tensors.append(_allocation(binding.var))
+            index[binding.var] = len(tensors) - 1
+            calls.append((gvar.name_hint, ids + [index[binding.var]]))
+    output = index[main.body.body]
+    # exported as `__tvm_ffi_<name>` (the Relax build's AttachGlobalSymbol does this in a model)
+    kernels = tvm.IRModule({
+        gv: func.with_attr("global_symbol", gv.name_hint)
+        for gv, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)
+    })
+    with target:
+        executable = tvm.compile(kernels, target=target)
+    try:
+        executable.export_library(str(library), fcompile=tvm.support.cc.cross_compiler(profile.cross_compiler))
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TargetError(f"linking the kernels of layer {plan.name} for {profile.name} failed: {first}") from None
+    return Program(library, tensors, calls, 0, output)
+
+
+def _allocation(var: relax.Var) -> tuple[tuple[int, ...], str]:
+    ty = var.ty
+    return tuple(int(d) for d in ty.shape), str(ty.dtype)
+
+
+def _alone(plan: LayerPlan) -> tuple[tvm.IRModule, LayerPlan]:
+    """A module whose main is only `plan`'s layer, on a float input, and the plan for it."""
+    layer = plan.layer
+    data = layer.call.args[0].ty
+    x = relax.Var("x", relax.TensorType([int(d) for d in data.shape], "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            if layer.op == "conv2d":
+                call = relax.op.nn.conv2d(
+                    x, relax.const(layer.weight.astype(np.float32)), strides=layer.attrs["strides"],
+                    padding=layer.attrs["padding"], data_layout="NHWC", kernel_layout="OHWI",
+                )
+            else:
+                call = relax.op.matmul(x, relax.const(np.ascontiguousarray(layer.weight.T).astype(np.float32)))
+            y = builder.emit_output(call)
+        builder.emit_func_output(y)
+    mod = builder.get()
+    call = mod["main"].body.blocks[0].bindings[0].value
+    alone = dataclasses.replace(plan, layer=dataclasses.replace(layer, call=call, var=None, sign_of=None))
+    return mod, alone
