@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tvm
 from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, pair_id, pairs
 from lowbit_kernels import build, pack_weight, random_codes, upstream
 
@@ -118,8 +119,6 @@ def test_unsupported_target_is_one_line(digits, capsys):
 def run_kernel(emulator, tmp_path, kernel, a, w, act, wgt, *conv_args) -> np.ndarray:
     module = build(kernel, a, w, act, wgt, *conv_args, target=TARGET)
     library = tmp_path / "kernel.so"
-    import tvm
-
     module.export_library(str(library), fcompile=tvm.support.cc.cross_compiler(PROFILE.cross_compiler))
     if conv_args:
         out_shape = reference.conv2d_nhwc(np.zeros(a.shape, np.int64), np.zeros(w.shape, np.int64), *conv_args).shape
@@ -193,3 +192,16 @@ def test_conv2d_armv7_grid(emulator, tmp_path, case):
 @pytest.mark.parametrize("case", SLOW_DENSES, ids=case_id)
 def test_dense_armv7_grid(emulator, tmp_path, case):
     check_dense(emulator, tmp_path, *case)
+
+
+def test_kernel_error_comes_back_through_libtvm_ffi(emulator, tmp_path):
+    """A kernel given a wrong output shape raises through TVMFFIErrorSetRaisedFromCStrParts in
+    the armhf libtvm_ffi; the harness reports tvm-ffi's message."""
+    a = np.zeros((1, 4, 4, 8), np.int64)
+    w = np.zeros((2, 1, 1, 8), np.int64)
+    module = build("bitserial", a, w, BIPOLAR, BIPOLAR, (1, 1), (0, 0, 0, 0), target=TARGET)
+    module.export_library(str(tmp_path / "k.so"), fcompile=tvm.support.cc.cross_compiler(PROFILE.cross_compiler))
+    program = Program(tmp_path / "k.so", [upstream(BIPOLAR, a), pack_weight("bitserial", w, BIPOLAR),
+                                           ((1, 4, 4, 3), "int32")], [("main", [0, 1, 2])], 0, 2)
+    with pytest.raises(RuntimeError, match=r"harness: main: ValueError: Invalid .*shape\[3\].*expected 2"):
+        emulator.run(program, tmp_path, {})

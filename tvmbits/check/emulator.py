@@ -34,7 +34,7 @@ from tvmbits.errors import TargetError
 
 HARNESS = Path(__file__).with_name("harness.c")
 QEMU = {"armv7l": "qemu-arm", "aarch64": "qemu-aarch64"}
-MIN_CMAKE = (3, 26)  # tvm-ffi's CMakeLists asks for it; Debian bookworm has 3.25: the PyPI wheel
+MIN_CMAKE = (3, 26)  # tvm-ffi's CMakeLists asks for it; Debian bookworm has 3.25 (the `check` extra: PyPI's)
 # the `task` count a parallel launch is split into when the kernel leaves it to the runtime:
 # a Raspberry Pi's four cores
 TASKS = 4
@@ -73,7 +73,7 @@ class Emulator:
             else:
                 path, (shape, dtype) = "-", tensor
             dtype = np.dtype(dtype)
-            code = DL_CODES[dtype.kind] if dtype != np.bool_ else 1
+            code = DL_CODES[dtype.kind]
             fields = ["tensor", i, code, dtype.itemsize * 8, 1, len(shape), *shape, path]
             lines.append(" ".join(map(str, fields)))
         for name, ids in program.calls:
@@ -85,9 +85,15 @@ class Emulator:
             self.qemu, "-cpu", self.profile.qemu_cpu, "-L", str(self.sysroot),
             "-E", f"LD_LIBRARY_PATH={self.lib_dir}", str(self.harness), str(workdir / "program.txt"), str(TASKS),
         ]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"still running after {RUN_TIMEOUT_S} s under {self.qemu}") from None
         if done.returncode != 0:
-            message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            # the harness's message (tvm-ffi's error can span lines), else qemu's or the exit code
+            lines = done.stderr.strip().splitlines()
+            start = next((i for i, line in enumerate(lines) if line.startswith("harness: ")), max(len(lines) - 1, 0))
+            message = " ".join(line.strip() for line in lines[start:]) or f"exit code {done.returncode}"
             raise RuntimeError(message)
         shape, dtype = program.tensors[program.output]
         return np.fromfile(out, dtype).reshape(shape)
