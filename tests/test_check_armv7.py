@@ -108,8 +108,8 @@ def test_bireal_example_every_layer_passes(tmp_path, size):
     assert all(r.passed and r.max_difference == 0 for r in results), [r.line() for r in results if not r.passed]
 
 
-def test_unsupported_target_is_one_line(digits, capsys):
-    assert main(["check", str(digits), "--target", "cuda"]) == 2
+def test_unsupported_target_is_one_line(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "model.onnx"), "--target", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "qemu_cpu" in err[0]
 
@@ -205,3 +205,9 @@ def test_kernel_error_comes_back_through_libtvm_ffi(emulator, tmp_path):
                                            ((1, 4, 4, 3), "int32")], [("main", [0, 1, 2])], 0, 2)
     with pytest.raises(RuntimeError, match=r"harness: main: ValueError: Invalid .*shape\[3\].*expected 2"):
         emulator.run(program, tmp_path, {})
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "none.onnx"), "--target", "armv7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.onnx" in err[0]

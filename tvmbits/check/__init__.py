@@ -44,8 +44,9 @@ def check_model(
     from tvmbits.targets import profile as profiles
 
     profile = profiles.load(options.target)
+    Emulator.check_profile(profile)
+    plans = _layer_plans(model_path, options, log)  # a bad model fails before any build
     emulator = Emulator(profile, log)
-    plans = _layer_plans(model_path, options, log)
     target = profile.tvm_target()
     results = []
     with tempfile.TemporaryDirectory(prefix="tvmbits-check-") as tmp:

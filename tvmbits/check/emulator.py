@@ -47,6 +47,16 @@ class Emulator:
     """The harness for `profile`, built if not cached; `run(program, dir)` runs one program."""
 
     def __init__(self, profile, log=print):
+        self.check_profile(profile)
+        self.profile = profile
+        self.triple = profile.cross_compiler.removesuffix("-g++")
+        self.qemu = _qemu(profile.arch)
+        self.sysroot = Path("/usr") / self.triple
+        self.lib_dir, self.harness = build(profile, log)
+
+    @staticmethod
+    def check_profile(profile) -> None:
+        """Raise TargetError unless `profile` can be emulated here."""
         if profile.device != "cpu" or not profile.cross_compiler or not profile.qemu_cpu:
             raise TargetError(
                 f"target {profile.name}: kernels can be checked under emulation only for CPU profiles "
@@ -54,11 +64,6 @@ class Emulator:
             )
         if profile.arch not in QEMU:
             raise TargetError(f"target {profile.name}: no qemu user mode emulator for arch {profile.arch}")
-        self.profile = profile
-        self.triple = profile.cross_compiler.removesuffix("-g++")
-        self.qemu = _qemu(profile.arch)
-        self.sysroot = Path("/usr") / self.triple
-        self.lib_dir, self.harness = build(profile, log)
 
     def run(self, program, workdir: Path, inputs: dict[int, np.ndarray]) -> np.ndarray:
         """Run `program` (layer_program.Program) with `inputs` (tensor index → array); returns
