@@ -70,30 +70,7 @@ def build(plan: LayerPlan, profile, target: tvm.target.Target, library: Path) ->
     profile's cross compiler, and return the program that runs them."""
     mod, alone = _alone(plan)
     mod = schedule(lower_lowbit([alone])(mod), target)
-    main = mod["main"]
-    tensors: list = [None]
-    index = {main.params[0]: 0}
-    calls = []
-    for block in main.body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Var) and value in index:
-                index[binding.var] = index[value]
-                continue
-            if not (isinstance(value, relax.Call) and value.op.name == "relax.call_tir"):
-                raise NotImplementedError(f"layer {plan.name}: the lowered layer computes {value.op} outside a kernel")
-            gvar, args = value.args[0], value.args[1].fields
-            ids = []
-            for arg in args:
-                if isinstance(arg, tvm.ir.expr.Constant):
-                    tensors.append(arg.value.numpy())
-                    ids.append(len(tensors) - 1)
-                else:
-                    ids.append(index[arg])
-            tensors.append(_allocation(binding.var))
-            index[binding.var] = len(tensors) - 1
-            calls.append((gvar.name_hint, ids + [index[binding.var]]))
-    output = index[main.body.body]
+    tensors, calls, output = _call_list(mod["main"], plan.name)
     # exported as `__tvm_ffi_<name>` (the Relax build's AttachGlobalSymbol does this in a model)
     kernels = tvm.IRModule({
         gv: func.with_attr("global_symbol", gv.name_hint)
@@ -107,6 +84,34 @@ def build(plan: LayerPlan, profile, target: tvm.target.Target, library: Path) ->
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TargetError(f"linking the kernels of layer {plan.name} for {profile.name} failed: {first}") from None
     return Program(library, tensors, calls, 0, output)
+
+
+def _call_list(main: relax.Function, name: str) -> tuple[list, list, int]:
+    """(tensors, calls, output index) of a main that is a straight line of call_tir bindings;
+    tensor 0 is main's parameter."""
+    tensors: list = [None]
+    index = {main.params[0]: 0}
+    calls = []
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Var) and value in index:
+                index[binding.var] = index[value]
+                continue
+            if not (isinstance(value, relax.Call) and value.op.name == "relax.call_tir"):
+                raise NotImplementedError(f"layer {name}: the lowered layer computes {value.op} outside a kernel")
+            gvar, args = value.args[0], value.args[1].fields
+            ids = []
+            for arg in args:
+                if isinstance(arg, tvm.ir.expr.Constant):
+                    tensors.append(arg.value.numpy())
+                    ids.append(len(tensors) - 1)
+                else:
+                    ids.append(index[arg])
+            tensors.append(_allocation(binding.var))
+            index[binding.var] = len(tensors) - 1
+            calls.append((gvar.name_hint, ids + [index[binding.var]]))
+    return tensors, calls, index[main.body.body]
 
 
 def _allocation(var: relax.Var) -> tuple[tuple[int, ...], str]:
