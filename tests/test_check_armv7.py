@@ -155,6 +155,10 @@ DEFAULT_CONVS = [
     ("bitserial", CONVS[2], U2, S2),  # stride 2, asymmetric padding, 70 channels
     ("subbyte", CONVS[7], S4, BIPOLAR),  # strides 1x3, 31 channels
     ("subbyte", CONVS[4], U3, S8),  # 7x1 kernel, SAME padding
+    ("bitserial", CONVS[3], S2, U2),  # 5x5 kernel, stride 3, padding 2
+    ("bitserial", CONVS[5], BIPOLAR, S2),  # SAME padding, stride 2, 64 channels (two words)
+    ("bitserial", CONVS[0], Encoding("unsigned", 1), BIPOLAR),  # 1x1, one channel
+    ("subbyte", CONVS[6], S8, U5),  # 1x1 stride 2, 100 channels
 ]
 DEFAULT_DENSES = [("bitserial", DENSES[1], S2, BIPOLAR), ("subbyte", DENSES[2], U5, S4)]
 
