@@ -3,7 +3,8 @@
 A profile names the TVM target (a JSON dict), the host target for device code, the cross
 compiler that links the library, the device kind the runtime opens (`cpu` or `cuda`), the CPU
 architecture of the device as `uname -m` prints it (checked before deploying), the RPC key
-boards of this kind register with, and the default number of tuning trials.
+boards of this kind register with, the default number of tuning trials, and the CPU model
+qemu user mode emulates for `tvmbits check` (`qemu_cpu`, e.g. cortex-a7; none: not checked).
 
 The value "native" in a target stands for what this machine has: the host CPU model and core
 count for LLVM, the local GPU's compute capability for CUDA.
@@ -33,6 +34,7 @@ class Profile:
     cross_compiler: str | None
     rpc_key: str
     tuning_trials: int
+    qemu_cpu: str | None = None
 
     def tvm_target(self) -> tvm.target.Target:
         host = _resolve(self.host) if self.host else None
@@ -65,6 +67,7 @@ def load(name_or_path: str) -> Profile:
             cross_compiler=data.get("cross_compiler"),
             rpc_key=data.get("rpc_key", data["name"]),
             tuning_trials=int(data.get("tuning_trials", 1000)),
+            qemu_cpu=data.get("qemu_cpu"),
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as err:
         raise TargetError(f"{path}: not a valid target profile ({err!r})") from None

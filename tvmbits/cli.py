@@ -88,6 +88,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a board")
     run.set_defaults(handler=_run)
 
+    check = commands.add_parser(
+        "check",
+        help="run each low-bit layer's kernels, built for the target, on an emulated CPU of it "
+        "(qemu user mode) and compare with the integer reference; exit 0 when all pass",
+    )
+    check.add_argument("model", help="ONNX file, as for compile")
+    check.add_argument("--target", default="armv7", help="profile with a qemu_cpu (armv7, arm64) or .toml file")
+    check.add_argument("--seed", type=int, default=0, help="seed of the layers' random inputs")
+    for flag in ("--wbits", "--abits"):
+        check.add_argument(flag, type=int, help="as for compile")
+    check.add_argument("--all-layers", action="store_true", help="as for compile")
+    check.add_argument("--kernel", default="auto", choices=["auto", "bitserial", "subbyte"])
+    check.set_defaults(handler=_check)
+
     inspect = commands.add_parser(
         "inspect",
         help="print an artifact's metadata as JSON: per layer the kernel, the bits and where they "
@@ -217,6 +231,21 @@ def _remote(args):
             raise OptionError("--key needs --tracker")
         return None
     return Remote(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
+
+
+def _check(args) -> int:
+    from tvmbits.check import check_model
+    from tvmbits.compiler import CompileOptions
+
+    options = CompileOptions(
+        target=args.target, wbits=args.wbits, abits=args.abits, all_layers=args.all_layers, kernel=args.kernel
+    )
+    results = check_model(args.model, options, args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+    for result in results:
+        print(result.line())
+    failed = [result.name for result in results if not result.passed]
+    print(f"{len(results) - len(failed)} of {len(results)} low-bit layers pass" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _board_serve(args) -> int:
