@@ -43,10 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
     compile_.add_argument("-o", "--output", default="model.tar", help="artifact to write")
-    compile_.add_argument("--wbits", type=int, help="post-training weight bits (1-8) for float layers")
-    compile_.add_argument("--abits", type=int, help="post-training activation bits (1-8)")
-    compile_.add_argument("--all-layers", action="store_true", help="quantize first and last layers too")
-    compile_.add_argument("--kernel", default="auto", choices=["auto", "bitserial", "subbyte"])
+    _plan_options(compile_)
     compile_.add_argument("--calibrate", nargs="+", default=[], metavar="NPY", help="calibration samples")
     compile_.add_argument(
         "--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
@@ -65,14 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--log", help="tuning log folder to append to (default: ~/.cache/tvmbits/tuning_logs/<profile>)"
     )
-    tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on the board `tvmbits board serve` runs there")
-    tune.add_argument("--tracker", metavar="HOST:PORT", help="measure on boards from this TVM tracker")
-    tune.add_argument("--key", help="the board key to ask the tracker for")
-    tune.add_argument("--timeout", type=float, default=30.0, help="seconds a board may take per measurement")
-    for flag in ("--wbits", "--abits"):
-        tune.add_argument(flag, type=int, help="as for compile")
-    tune.add_argument("--all-layers", action="store_true", help="as for compile")
-    tune.add_argument("--kernel", default="auto", choices=["auto", "bitserial", "subbyte"])
+    _remote_options(tune, "measure on")
+    _plan_options(tune)
     tune.set_defaults(handler=_tune)
 
     run = commands.add_parser("run", help="run model.tar here or on a board")
@@ -82,10 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat", type=int, default=10, help="timed runs (0: no timing)")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument("--profile", action="store_true", help="print a per-layer time table")
-    run.add_argument("--rpc", metavar="HOST:PORT", help="a board running `tvmbits board serve`")
-    run.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker")
-    run.add_argument("--key", help="the board key to ask the tracker for")
-    run.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a board")
+    _remote_options(run, "run on")
     run.set_defaults(handler=_run)
 
     check = commands.add_parser(
@@ -96,10 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("model", help="ONNX file, as for compile")
     check.add_argument("--target", default="armv7", help="profile with a qemu_cpu (armv7, arm64) or .toml file")
     check.add_argument("--seed", type=int, default=0, help="seed of the layers' random inputs")
-    for flag in ("--wbits", "--abits"):
-        check.add_argument(flag, type=int, help="as for compile")
-    check.add_argument("--all-layers", action="store_true", help="as for compile")
-    check.add_argument("--kernel", default="auto", choices=["auto", "bitserial", "subbyte"])
+    _plan_options(check)
     check.set_defaults(handler=_check)
 
     inspect = commands.add_parser(
@@ -125,6 +110,22 @@ def _build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--port", type=int, default=9090, help="port on 127.0.0.1 to serve TVM RPC on")
     emulate.set_defaults(handler=_board_emulate)
     return parser
+
+
+def _plan_options(command) -> None:
+    """The options that decide each layer's bits and kernel (compile, tune and check alike)."""
+    command.add_argument("--wbits", type=int, help="post-training weight bits (1-8) for float layers")
+    command.add_argument("--abits", type=int, help="post-training activation bits (1-8)")
+    command.add_argument("--all-layers", action="store_true", help="quantize first and last layers too")
+    command.add_argument("--kernel", default="auto", choices=["auto", "bitserial", "subbyte"])
+
+
+def _remote_options(command, verb: str) -> None:
+    """The options naming a board (`tvmbits.Remote`), for run and tune."""
+    command.add_argument("--rpc", metavar="HOST:PORT", help=f"{verb} the board `tvmbits board serve` runs there")
+    command.add_argument("--tracker", metavar="HOST:PORT", help=f"{verb} a free board from this TVM RPC tracker")
+    command.add_argument("--key", help="the board key to ask the tracker for")
+    command.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a board, per step")
 
 
 def _tune(args) -> int:

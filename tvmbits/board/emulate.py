@@ -219,10 +219,10 @@ def _enable_binfmt(arch: BoardArch) -> None:
     binaries; qemu-user-static's entries have the F flag, so they work inside a chroot."""
     misc = Path("/proc/sys/fs/binfmt_misc")
     if not (misc / "status").exists():
-        _quiet(["mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)], "mounting binfmt_misc")
+        run_quiet(["mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)], "mounting binfmt_misc")
     entry = misc / arch.qemu
     if not entry.exists() or not entry.read_text().startswith("enabled"):
-        _quiet(["update-binfmts", "--enable", arch.qemu], f"enabling {arch.qemu} in binfmt_misc")
+        run_quiet(["update-binfmts", "--enable", arch.qemu], f"enabling {arch.qemu} in binfmt_misc")
     if not entry.exists() or not entry.read_text().startswith("enabled"):
         raise BoardError(f"{arch.qemu} is not registered with binfmt_misc: install qemu-user-static and binfmt-support")
 
@@ -262,11 +262,13 @@ def _step(cmd: list[str], build_log, log_path: Path, log, started: float) -> Non
         raise BoardError(f"building the board failed at `{cmd[0]}` ({last}); see {log_path}")
 
 
-def _quiet(cmd: list[str], what: str) -> None:
+def run_quiet(cmd: list[str], what: str, error: type = BoardError) -> None:
+    """Run `cmd` with its output captured; a failure is one `error` saying `what` failed and
+    the command's last line of output."""
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        raise BoardError(f"{what} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+        raise error(f"{what} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
 
 
 def _remove_tree(path: Path) -> None:
@@ -274,7 +276,7 @@ def _remove_tree(path: Path) -> None:
     inside = str(path.resolve()) + "/"
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     for mount in sorted((m for m in mounts if m.startswith(inside)), key=len, reverse=True):
-        _quiet(["umount", "--lazy", mount], f"unmounting {mount} of an interrupted board build")
+        run_quiet(["umount", "--lazy", mount], f"unmounting {mount} of an interrupted board build")
     shutil.rmtree(path)
 
 

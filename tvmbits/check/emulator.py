@@ -14,7 +14,6 @@ else `.cache` of the checkout): the tvm-ffi sources, `<triple>/libtvm_ffi.so` (a
 two cores) and `<triple>/harness-<hash of harness.c>`. scripts/setup.sh builds the armv7 ones.
 """
 
-import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tvmbits.board.emulate import cache_dir
+from tvmbits.board.emulate import cache_dir, run_quiet
 from tvmbits.errors import TargetError
 
 HARNESS = Path(__file__).with_name("harness.c")
@@ -198,7 +197,4 @@ def _qemu(arch: str) -> str:
 
 
 def _step(cmd: list[str], what: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        raise TargetError(f"{what} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+    run_quiet(cmd, what, TargetError)
