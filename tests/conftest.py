@@ -15,7 +15,8 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tvmbits-test-cache-")
 # reference; e2e (every other file): whole models compiled and run, the CLI, boards, examples.
 TIERS = {
     "unit": ("test_encoding", "test_kernel_choice", "test_targets", "test_artifact", "test_tuning_log_location",
-             "test_pass_annotate_layers", "test_pass_plan_layers", "test_pass_lower_lowbit"),
+             "test_pass_annotate_layers", "test_pass_plan_layers", "test_pass_lower_lowbit",
+             "test_pass_fold_flatten_transpose"),
     "kernel": ("test_bitpack", "test_bitserial_ops", "test_subbyte_ops", "test_bipolar_padding", "test_cpu_schedule"),
 }
 

@@ -2,6 +2,7 @@
 
     imported Relax module (frontend/)
       ─▶ ToNHWC          NHWC activations, OHWI weights for every conv2d; constants folded
+      ─▶ FoldFlattenTranspose  NHWC data flattened straight into dense layers (weights reordered)
       ─▶ AnnotateLayers  every named conv/dense call wrapped into a layer function
       ─▶ PlanLayers      each layer's kernel, bits, scales into its function's attributes
       ─▶ Calibrate       activation ranges for post-training layers (only when some need them)
@@ -27,6 +28,7 @@ from tvm.s_tir import dlight
 from tvmbits.frontend.facts import LayerFacts
 from tvmbits.passes.annotate_layers import AnnotateLayers
 from tvmbits.passes.calibrate import Calibrate
+from tvmbits.passes.fold_flatten_transpose import FoldFlattenTranspose
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
@@ -51,6 +53,7 @@ def lowbit_phases(
     when some layer needs calibration)."""
     return [
         ToNHWC(target),
+        FoldFlattenTranspose,
         AnnotateLayers(layer_names),
         PlanLayers(wbits, abits, all_layers, kernel, facts, has_vnni(target), layer_names),
         Calibrate(samples),
