@@ -20,7 +20,7 @@ from tvmbits.ops.encoding import Encoding
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 
 
-def pending(mod: tvm.IRModule) -> dict:
+def _pending(mod: tvm.IRModule) -> dict:
     """GlobalVar → plan of every layer function that awaits calibration."""
     plans = {gvar: LayerPlan.of(func) for gvar, func in mod.functions.items() if is_planned(func)}
     return {gvar: plan for gvar, plan in plans.items() if plan.kernel == "pending" and plan.act is None}
@@ -32,7 +32,7 @@ def Calibrate(samples: Callable[[], list[list[np.ndarray]]]) -> tvm.transform.Pa
 
     @tvm.transform.module_pass(opt_level=0, name="tvmbits.Calibrate")
     def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        plans = pending(mod)
+        plans = _pending(mod)
         if not plans:
             return mod
         calls = _calls_in_main(mod, set(plans))
