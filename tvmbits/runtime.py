@@ -12,6 +12,7 @@ profile times each compiled kernel inside the model's run, on the device (`board
 """
 
 import json
+import math
 import platform
 import socket
 import threading
@@ -51,8 +52,7 @@ class Session:
     ) -> "Session":
         """Open this machine (no arguments), a board at `rpc` HOST:PORT, or a board of `key`
         from the tracker at `tracker` HOST:PORT, giving up after `timeout` seconds."""
-        if timeout <= 0:
-            raise OptionError(f"--timeout {timeout}: must be positive")
+        check_timeout(timeout)
         if rpc:
             host, port = address("--rpc", rpc)
             where = f"board {rpc}"
@@ -128,6 +128,12 @@ class Session:
             return fn()
         except Exception as err:  # TVM re-raises the board's errors as Python builtins of any kind
             raise BoardError(f"{self.where} failed while {what}: {_link_error(err)}") from None
+
+
+def check_timeout(timeout: float) -> None:
+    """A `--timeout` is a positive, finite number of seconds (not 0, nan or inf)."""
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise OptionError(f"--timeout {timeout}: must be a positive, finite number of seconds")
 
 
 def run(session: Session, loaded: Loaded, args: list[np.ndarray]) -> list[np.ndarray]:
