@@ -17,6 +17,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return args.handler(args)
     except UserError as err:
-        print(f"tvmbits: error: {err}", file=sys.stderr)
+        if getattr(args, "verbose", False) and err.detail:
+            print(err.detail, file=sys.stderr)
+        print(f"tvmbits: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("tvmbits: interrupted", file=sys.stderr)
@@ -41,6 +44,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
     compile_.add_argument("-o", "--output", default="model.tar", help="artifact to write")
+    compile_.add_argument(
+        "--force", action="store_true", help="overwrite an existing output that is not a tvmbits artifact"
+    )
     compile_.add_argument("--wbits", type=int, help="post-training weight bits (1-8) for float layers")
     compile_.add_argument("--abits", type=int, help="post-training activation bits (1-8)")
     compile_.add_argument("--all-layers", action="store_true", help="quantize first and last layers too")
@@ -50,6 +56,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
         help="fix an input's symbolic dimensions",
     )
+    compile_.add_argument("--verbose", action="store_true", help="with an error, print what TVM said in full")
     tuning = compile_.add_mutually_exclusive_group()
     tuning.add_argument("--tuning-log", metavar="DIR", help="apply this tuning log (default: tuning_logs/<profile>)")
     tuning.add_argument("--no-tuning", action="store_true", help="use the untuned default schedules")
@@ -68,6 +75,11 @@ def _build_parser() -> argparse.ArgumentParser:
         tune.add_argument(flag, type=int, help="as for compile")
     tune.add_argument("--all-layers", action="store_true", help="as for compile")
     tune.add_argument("--kernel", default="auto", choices=["auto", "bitserial", "subbyte"])
+    tune.add_argument(
+        "--repair", action="store_true",
+        help="drop the log's lines that do not read (the old files are kept as *.bak)",
+    )
+    tune.add_argument("--verbose", action="store_true", help="with an error, print what TVM said in full")
     tune.set_defaults(handler=_tune)
 
     run = commands.add_parser("run", help="run model.tar here or on a board")
@@ -126,7 +138,7 @@ def _tune(args) -> int:
     trials = args.trials if args.trials is not None else profile.tuning_trials
     tune_model(
         args.model, options, log_dir, trials, tracker=args.tracker, key=args.key, timeout=args.timeout,
-        log=lambda m: print(m, file=sys.stderr, flush=True), rpc=args.rpc,
+        log=lambda m: print(m, file=sys.stderr, flush=True), rpc=args.rpc, repair=args.repair,
     )
     print(f"tuning log: {log_dir}")
     return 0
@@ -146,7 +158,7 @@ def _compile(args) -> int:
         tuning_log=args.tuning_log,
         use_tuning=not args.no_tuning,
     )
-    compile_model(args.model, args.output, options, log=lambda m: print(m, file=sys.stderr))
+    compile_model(args.model, args.output, options, log=lambda m: print(m, file=sys.stderr), force=args.force)
     return 0
 
 
@@ -171,11 +183,15 @@ def _run(args) -> int:
         raise OptionError("give either --rpc or --tracker, not both")
     if bool(args.tracker) != bool(args.key):
         raise OptionError("--tracker and --key go together")
+    runtime.check_timeout(args.timeout)
+    if args.output:
+        deploy.check_output_folder(args.output)
     art = open_artifact(args.artifact)
-    inputs = deploy.read_inputs(args.input, art.metadata)
+    warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    inputs = deploy.read_inputs(args.input, art.metadata, log=warn)
     session = runtime.Session.open(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
     try:
-        result = deploy.run_artifact(art, inputs, session, repeat=args.repeat, profile=args.profile)
+        result = deploy.run_artifact(art, inputs, session, repeat=args.repeat, profile=args.profile, log=warn)
     finally:
         session.close()
     paths = deploy.write_outputs(result.outputs, args.output) if args.output else {}

@@ -63,7 +63,7 @@ def lower_model(
     profile = profiles.load(options.target)
     check_bits("--wbits", options.wbits)
     check_bits("--abits", options.abits)
-    model = onnx_frontend.load(model_path)
+    model = onnx_frontend.load(model_path, log)
     source = str(model_path)
     log(f"importing {source}")
     imported = onnx_frontend.import_model(model, source, options.input_shapes)
@@ -88,8 +88,13 @@ def compile_model(
     output: str | Path,
     options: CompileOptions,
     log: Callable[[str], None] = lambda message: None,
+    force: bool = False,
 ) -> dict:
-    """Compile `model_path` into the artifact `output`; returns the artifact's metadata."""
+    """Compile `model_path` into the artifact `output`; returns the artifact's metadata.
+
+    `output` is checked first (`artifact.check_output_path`): `force` lets it replace an
+    existing file that is not a tvmbits artifact, never the model itself."""
+    artifact.check_output_path(output, [model_path], force)
     lowered = lower_model(model_path, options, log)
     profile, target = lowered.profile, lowered.target
     log(f"building for {profile.name} ({target.kind.name})")
@@ -126,7 +131,7 @@ def _tuning_database(options: CompileOptions, profile, log):
     if not options.tuning_log and not path.is_dir():
         return None, None
     log(f"applying tuning log {path}")
-    return tuning_log.open_database(path, log), str(path)
+    return tuning_log.read_database(path, log), str(path)
 
 
 def _export(executable, library: Path, profile) -> None:

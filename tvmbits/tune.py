@@ -24,7 +24,7 @@ from tvmbits.board.serve import address
 from tvmbits.compiler import CompileOptions, lower_model
 from tvmbits.errors import ModelError, OptionError
 from tvmbits.passes.pipeline import fuse
-from tvmbits.runtime import Session
+from tvmbits.runtime import Session, check_timeout
 from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
 
 # The design spaces are small (tens of points): a population of 512 and 50 new candidates per
@@ -44,11 +44,15 @@ def tune_model(
     timeout: float = 30.0,
     log: Callable[[str], None] = lambda message: None,
     rpc: str | None = None,
+    repair: bool = False,
 ) -> int:
     """Tune the low-bit kernels of `model_path` for `options.target` with `trials` measurements
-    in all, appending to the tuning log `log_dir`; returns the number of tasks."""
+    in all, appending to the tuning log `log_dir` after each measured batch (lines of the log
+    that do not read are skipped; `repair` drops them, keeping a backup); returns the number of
+    tasks."""
     if trials < 1:
         raise OptionError(f"--trials {trials}: must be at least 1")
+    check_timeout(timeout)
     runner = _runner(rpc, tracker, key, timeout)  # a bad board fails before the slow lowering
     lowered = lower_model(model_path, options, log)
     target = lowered.target
@@ -60,7 +64,10 @@ def tune_model(
     ]
     if not tasks:
         raise ModelError(f"{model_path}: no low-bit kernels to tune for {lowered.profile.name}")
-    database = tuning_log.open_database(log_dir, log, create=True)
+    if repair and Path(log_dir).is_dir():
+        tuning_log.repair(log_dir, log)
+    writer = tuning_log.TuningLogWriter(log_dir, log)
+    database = writer.database
     tuning_log.write_tuned_on(Path(log_dir), lowered.profile.name)
     log(f"tuning {len(tasks)} kernels with {trials} trials in all; log: {log_dir}")
     contexts = [
@@ -82,19 +89,24 @@ def tune_model(
     ]
     progress = _Progress([task.task_name for task in tasks], trials, log)
     with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir:
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(task.weight) for task in tasks],
-            work_dir=work_dir,
-            max_trials_global=trials,
-            num_trials_per_iter=min(16, trials),
-            builder=_builder(lowered.profile),
-            runner=runner,
-            database=database,
-            cost_model="xgb",
-            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
-            task_scheduler="gradient",
-        )
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=[float(task.weight) for task in tasks],
+                work_dir=work_dir,
+                max_trials_global=trials,
+                num_trials_per_iter=min(16, trials),
+                builder=_builder(lowered.profile),
+                runner=runner,
+                database=database,
+                cost_model="xgb",
+                measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                + [tuning_log.FlushToLog(writer), progress],
+                task_scheduler="gradient",
+            )
+        finally:
+            writer.flush()
+            writer.close()
     if progress.done < trials:
         log(f"tune: stopped after {progress.done} trials: every candidate of these design spaces is measured")
     return len(tasks)
