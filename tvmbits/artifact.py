@@ -61,7 +61,7 @@ def metadata_sha256(metadata: dict) -> str:
 def is_artifact(path: str | Path) -> bool:
     """Whether `path` is a tar archive holding a library and metadata (not whether it is intact)."""
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(path, "r:") as tar:
             return {LIBRARY, METADATA} <= set(tar.getnames())
     except Exception:  # anything unreadable is not an artifact
         return False
@@ -123,7 +123,7 @@ def open_artifact(path: str | Path) -> Artifact:
         raise ArtifactError(f"{path}: no such artifact")
     workdir = tempfile.TemporaryDirectory(prefix="tvmbits-")
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(path, "r:") as tar:  # an artifact is an uncompressed tar
             members = tar.getmembers()
             _check_members(path, members)
             tar.extract(LIBRARY, workdir.name, filter="data")
@@ -133,7 +133,8 @@ def open_artifact(path: str | Path) -> Artifact:
         raise
     except (tarfile.TarError, EOFError, OSError) as err:
         workdir.cleanup()
-        raise ArtifactError(f"{path}: not a readable tar archive ({err})") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ArtifactError(f"{path}: not a readable tar archive ({reason})") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         workdir.cleanup()
         raise ArtifactError(f"{path}: {METADATA} is not valid JSON") from None
