@@ -127,6 +127,7 @@ def import_model(
     facts.update(qdq_facts)
     _check_supported(model, source)
     inputs = _input_specs(model, source, input_shapes or {})
+    model = explicit_same_padding(model, inputs)
     message = None
     with _captured_output() as said:
         try:
@@ -184,6 +185,66 @@ def _input_specs(model, source, input_shapes) -> list[TensorSpec]:
     if unknown:
         raise ModelError(f"{source}: --input-shape names no graph input: {', '.join(sorted(unknown))}")
     return specs
+
+
+def explicit_same_padding(model: onnx.ModelProto, inputs: list[TensorSpec]) -> onnx.ModelProto:
+    """Conv nodes with `auto_pad` SAME_UPPER/SAME_LOWER rewritten to the explicit `pads` they
+    stand for, where the input's spatial shape is known. TVM's importer lowers SAME padding to a
+    separate `pad` op before the convolution, which hides a `Sign` feeding the convolution (and
+    pads with 0, which a bipolar tensor cannot hold); explicit pads keep `Sign → conv` one layer
+    with exact zero padding, the same numbers."""
+    if not any(n.op_type == "Conv" and _auto_pad(n).startswith("SAME") for n in model.graph.node):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
+        spec = next((spec for spec in inputs if spec.name == value.name), None)
+        if spec is not None:  # --input-shape may fix symbolic dimensions
+            dims = value.type.tensor_type.shape.dim
+            for dim, extent in zip(dims, spec.shape):
+                dim.Clear()
+                dim.dim_value = extent
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort here; the importer pads as before
+        return model
+    shapes = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    kernels = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        mode = _auto_pad(node)
+        if node.op_type != "Conv" or not mode.startswith("SAME"):
+            continue
+        shape, kernel = shapes.get(node.input[0]), kernels.get(node.input[1])
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        spatial = None if shape is None else shape[2:]
+        kernel = attrs.get("kernel_shape") or (kernel[2:] if kernel else None)
+        if not spatial or not kernel or len(kernel) != len(spatial):
+            continue
+        strides = attrs.get("strides") or [1] * len(spatial)
+        dilations = attrs.get("dilations") or [1] * len(spatial)
+        begins, ends = [], []
+        for extent, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+            out = -(-extent // stride)
+            total = max(0, (out - 1) * stride + (k - 1) * dilation + 1 - extent)
+            small, large = total // 2, total - total // 2
+            begins.append(small if mode == "SAME_UPPER" else large)
+            ends.append(large if mode == "SAME_UPPER" else small)
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.append(onnx.helper.make_attribute("pads", begins + ends))
+    return model
+
+
+def _auto_pad(node: onnx.NodeProto) -> str:
+    for attribute in node.attribute:
+        if attribute.name == "auto_pad":
+            value = onnx.helper.get_attribute_value(attribute)
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return "NOTSET"
 
 
 def check_input_shape(what: str, shape: tuple[int, ...]) -> None:
