@@ -272,3 +272,10 @@ def test_long_local_timing_prints_progress(capsys, tmp_path, bnn_tar, monkeypatc
     assert main(["run", str(bnn_tar), "--input", str(path), "--repeat", "3"]) == 0
     err = capsys.readouterr().err
     assert "timing 3 runs" in err and "timed 3/3 runs" in err, err
+
+
+def test_missing_tuning_log_is_refused_before_the_compile(capsys, tmp_path, bnn_file):
+    _refused_before_work(
+        capsys, ["compile", str(bnn_file), "-o", str(tmp_path / "m.tar"), "--tuning-log", str(tmp_path / "absent")],
+        "no such tuning log folder",
+    )

@@ -187,11 +187,10 @@ def _run(args) -> int:
     if args.output:
         deploy.check_output_folder(args.output)
     art = open_artifact(args.artifact)
-    warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    inputs = deploy.read_inputs(args.input, art.metadata, log=warn)
+    inputs = deploy.read_inputs(args.input, art.metadata, log=_warn)
     session = runtime.Session.open(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
     try:
-        result = deploy.run_artifact(art, inputs, session, repeat=args.repeat, profile=args.profile, log=warn)
+        result = deploy.run_artifact(art, inputs, session, repeat=args.repeat, profile=args.profile, log=_warn)
     finally:
         session.close()
     paths = deploy.write_outputs(result.outputs, args.output) if args.output else {}
@@ -216,6 +215,10 @@ def _run(args) -> int:
         for row in result.profile:
             print(f"{row['name']:<{width}} {row['calls']:>5} {row['ms']:9.3f} {row['share']:6.1%}")
     return 0
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _board_serve(args) -> int:

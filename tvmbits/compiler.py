@@ -95,6 +95,8 @@ def compile_model(
     `output` is checked first (`artifact.check_output_path`): `force` lets it replace an
     existing file that is not a tvmbits artifact, never the model itself."""
     artifact.check_output_path(output, [model_path], force)
+    if options.use_tuning and options.tuning_log:
+        tuning_log.check_folder(options.tuning_log)
     lowered = lower_model(model_path, options, log)
     profile, target = lowered.profile, lowered.target
     log(f"building for {profile.name} ({target.kind.name})")

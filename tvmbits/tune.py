@@ -8,8 +8,11 @@ evolutionary search with the XGBoost cost model, measured on this machine, on on
 (`tuning_log.py`) as each measurement finishes.
 """
 
+import contextlib
 import functools
 import os
+import signal
+import threading
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -88,7 +91,7 @@ def tune_model(
         for index, task in enumerate(tasks)
     ]
     progress = _Progress([task.task_name for task in tasks], trials, log)
-    with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir:
+    with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir, _interruptible() as interrupted:
         try:
             ms.tune.tune_tasks(
                 tasks=contexts,
@@ -104,12 +107,37 @@ def tune_model(
                 + [tuning_log.FlushToLog(writer), progress],
                 task_scheduler="gradient",
             )
+        except Exception:
+            if interrupted:  # MetaSchedule's C++ turns a KeyboardInterrupt into another error
+                raise KeyboardInterrupt from None
+            raise
         finally:
             writer.flush()
             writer.close()
     if progress.done < trials:
         log(f"tune: stopped after {progress.done} trials: every candidate of these design spaces is measured")
     return len(tasks)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """A list that becomes non-empty once SIGINT (Ctrl-C) arrives, which still raises
+    KeyboardInterrupt: MetaSchedule's C++ wraps it into a RuntimeError, which `tune_model`
+    turns back into KeyboardInterrupt (the CLI: "tvmbits: interrupted", exit 130)."""
+    seen: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def on_sigint(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _design_space(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> None:

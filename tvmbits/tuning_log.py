@@ -53,12 +53,17 @@ class LogEntries:
     bad: int = 0
 
 
+def check_folder(folder: str | Path) -> None:
+    """A tuning log to read must be a folder (checked before a compile starts)."""
+    if not Path(folder).is_dir():
+        raise TuningLogError(f"{folder}: no such tuning log folder")
+
+
 def read_log(folder: str | Path, log: Callable[[str], None]) -> LogEntries:
     """The valid entries of the tuning log `folder`, each bad line skipped with a warning
     naming the file and line. Nothing is written."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise TuningLogError(f"{folder}: no such tuning log folder")
+    check_folder(folder)
     entries = LogEntries()
     for number, line, value in _lines(folder / WORKLOADS, log):
         index = entries.workload_lines
