@@ -3,6 +3,7 @@ no traceback."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -279,3 +280,12 @@ def test_missing_tuning_log_is_refused_before_the_compile(capsys, tmp_path, bnn_
         capsys, ["compile", str(bnn_file), "-o", str(tmp_path / "m.tar"), "--tuning-log", str(tmp_path / "absent")],
         "no such tuning log folder",
     )
+
+
+def test_output_files_stay_inside_the_output_folder(tmp_path):
+    from tvmbits.deploy import write_outputs
+
+    one = np.ones(2, np.float32)
+    paths = write_outputs({"/conv1/Add_output_0": one, "../up": one, "_conv1_Add_output_0": one}, tmp_path / "out")
+    assert all(Path(p).parent == tmp_path / "out" for p in paths.values()) and len(set(paths.values())) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

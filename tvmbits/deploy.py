@@ -6,6 +6,7 @@ uploaded.
 """
 
 import os
+import re
 import time as clock
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,11 +190,20 @@ def _time_with_progress(session, loaded, args, repeat: int, once: float, log) ->
 
 
 def write_outputs(outputs: dict[str, np.ndarray], folder: str | Path) -> dict[str, str]:
+    """`<output name>.npy` in `folder` for each output; a name's characters other than letters,
+    digits, `_`, `-` and `.` become `_` (PyTorch exports name outputs `/layer/Add_output_0`),
+    so every file lands inside `folder`."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OptionError(f"--output {folder}: cannot make the folder ({err.strerror or err})") from None
+    paths: dict[str, str] = {}
     for name, value in outputs.items():
-        path = folder / f"{name}.npy"
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "output"
+        while str(folder / f"{stem}.npy") in paths.values():
+            stem += "_"
+        path = folder / f"{stem}.npy"
         np.save(path, value)
         paths[name] = str(path)
     return paths
