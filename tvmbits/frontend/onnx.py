@@ -217,7 +217,7 @@ def explicit_same_padding(model: onnx.ModelProto, inputs: list[TensorSpec]) -> o
         mode = _auto_pad(node)
         if node.op_type != "Conv" or not mode.startswith("SAME"):
             continue
-        shape, kernel = shapes.get(node.input[0]), kernels.get(node.input[1])
+        shape, kernel = shapes.get(node.input[0]), kernels.get(node.input[1], shapes.get(node.input[1]))
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         spatial = None if shape is None else shape[2:]
         kernel = attrs.get("kernel_shape") or (kernel[2:] if kernel else None)
