@@ -57,7 +57,7 @@ def load(name_or_path: str) -> Profile:
         )
     try:
         data = tomllib.loads(path.read_text())
-        return Profile(
+        profile = Profile(
             name=data["name"],
             description=data.get("description", ""),
             arch=data["arch"],
@@ -69,8 +69,28 @@ def load(name_or_path: str) -> Profile:
             tuning_trials=int(data.get("tuning_trials", 1000)),
             qemu_cpu=data.get("qemu_cpu"),
         )
-    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as err:
-        raise TargetError(f"{path}: not a valid target profile ({err!r})") from None
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, OSError, UnicodeDecodeError) as err:
+        raise TargetError(f"{path}: not a valid target profile ({_one_line(err)})") from None
+    check_profile(profile, path)
+    return profile
+
+
+def check_profile(profile: Profile, path: Path) -> None:
+    """Refuse, when it is loaded (before any compile starts), a profile TVM cannot make a target
+    of (an unknown `kind`, a mistyped option) or whose device kind the runtime cannot open."""
+    if profile.device not in ("cpu", "cuda"):
+        raise TargetError(f"{path}: device '{profile.device}' is not cpu or cuda")
+    if not isinstance(profile.target, dict) or not (profile.host is None or isinstance(profile.host, dict)):
+        raise TargetError(f"{path}: target and host must be TOML tables")
+    try:
+        profile.tvm_target()
+    except Exception as err:  # TVM raises ValueError/TypeError/TVMError for a bad target dict
+        raise TargetError(f"{path}: not a valid TVM target ({_one_line(err)})") from None
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _resolve(target: dict) -> dict:

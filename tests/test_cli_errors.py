@@ -3,6 +3,7 @@ no traceback."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -98,3 +99,193 @@ def test_console_script_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+# issue 12: nothing lost, nothing half-written, one line for every bad input
+
+
+def _refused_before_work(capsys, argv, fragment):
+    """Refused with one line, before the model is imported (checked before the compile starts)."""
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tvmbits: error: ") and fragment in lines[0], lines
+    return lines[0]
+
+
+def test_compile_never_overwrites_the_model(capsys, tmp_path, bnn_file):
+    model = tmp_path / "bnn.onnx"
+    model.write_bytes(bnn_file.read_bytes())
+    before = model.read_bytes()
+    link = tmp_path / "link.tar"
+    link.symlink_to(model)
+    for output in (model, link, tmp_path / "." / "bnn.onnx"):
+        _refused_before_work(capsys, ["compile", str(model), "-o", str(output)], "is the model")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an artifact")
+    _refused_before_work(capsys, ["compile", str(model), "-o", str(notes)], "give --force")
+    _refused_before_work(capsys, ["compile", str(model), "-o", str(model), "--force"], "is the model")
+    assert model.read_bytes() == before and notes.read_text() == "not an artifact"
+
+
+def test_compile_output_folder_checked_first_and_nothing_left(capsys, tmp_path, bnn_file):
+    _refused_before_work(capsys, ["compile", str(bnn_file), "-o", str(tmp_path / "absent" / "m.tar")], "does not exist")
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    _refused_before_work(capsys, ["compile", str(bnn_file), "-o", str(folder)], "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"] and not any(folder.iterdir())
+
+
+def test_target_with_unknown_kind_is_refused_before_the_compile(capsys, tmp_path, bnn_file):
+    toml = tmp_path / "board.toml"
+    toml.write_text('name = "board"\narch = "x86_64"\n[target]\nkind = "pdp11"\n')
+    _refused_before_work(
+        capsys, ["compile", str(bnn_file), "--target", str(toml), "-o", str(tmp_path / "m.tar")], "pdp11"
+    )
+
+
+@pytest.mark.parametrize("shape", [[1, 0, 8, 8], [0, 3, 8, 8]], ids=["zero channels", "zero batch"])
+def test_zero_size_input_is_one_line(capsys, tmp_path, shape):
+    node = helper.make_node("Relu", ["input"], ["y"])
+    path = tmp_path / "zero.onnx"
+    onnx.save(make_model([node], [("input", shape)], [("y", shape)], {}), path)
+    _fails(capsys, ["compile", str(path), "-o", str(tmp_path / "m.tar")], "every dimension must be at least 1")
+    assert not (tmp_path / "m.tar").exists()
+
+
+def test_input_shape_overflowing_int32_is_one_line(capsys, tmp_path, bnn_file):
+    out = str(tmp_path / "m.tar")
+    for dims in ("1,3,99999999999,9", "1,3,65536,65536"):
+        _fails(capsys, ["compile", str(bnn_file), "-o", out, "--input-shape", f"input={dims}"], "int32")
+
+
+def _external_model(folder, location):
+    folder.mkdir(exist_ok=True)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    model = make_model([helper.make_node("Conv", ["input", "w"], ["y"])], [("input", [1, 3, 8, 8])],
+                       [("y", [1, 4, 6, 6])], {"w": w})
+    onnx.save(model, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    saved = onnx.load(folder / "m.onnx", load_external_data=False)
+    for entry in saved.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save(saved, folder / "m.onnx")
+    return folder / "m.onnx"
+
+
+@pytest.mark.parametrize(
+    "location, message",
+    [("gone.data", "does not exist"), ("../m.data", "outside the model's folder"),
+     ("/etc/passwd", "outside the model's folder")],
+    ids=["missing", "parent folder", "absolute"],
+)
+def test_external_data_missing_or_outside_is_one_line(capsys, tmp_path, location, message):
+    model = _external_model(tmp_path / "model", location)
+    _fails(capsys, ["compile", str(model), "-o", str(tmp_path / "m.tar")], message)
+
+
+def test_external_data_inside_the_folder_is_read(tmp_path):
+    from tvmbits.frontend.onnx import load
+
+    model = load(_external_model(tmp_path / "model", "m.data"))
+    assert len(model.graph.initializer[0].raw_data) == 4 * 3 * 3 * 3 * 4
+
+
+def test_importer_failure_is_one_line_and_verbose_shows_tvm(capfd, tmp_path):
+    w = np.ones((4, 5, 3, 3), np.float32)  # 5 input channels for a 3-channel input
+    model = make_model([helper.make_node("Conv", ["input", "w"], ["y"], name="c")], [("input", [1, 3, 8, 8])],
+                       [("y", [1, 4, 6, 6])], {"w": w})
+    path = tmp_path / "mismatch.onnx"
+    onnx.save(model, path)
+    assert main(["compile", str(path), "-o", str(tmp_path / "m.tar")]) == 2
+    captured = capfd.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert lines == ["importing " + str(path), lines[-1]] and "TVM's ONNX importer failed" in lines[-1], lines
+    assert main(["compile", str(path), "-o", str(tmp_path / "m.tar"), "--verbose"]) == 2
+    verbose = capfd.readouterr().err
+    assert "Error converting operator Conv" in verbose and verbose.strip().splitlines()[-1] == lines[-1]
+
+
+def test_opset_newer_than_onnx_knows_is_said(capsys, tmp_path):
+    from tvmbits.frontend.onnx import load
+
+    model = make_model([helper.make_node("Relu", ["input"], ["y"])], [("input", [1, 4])], [("y", [1, 4])], {})
+    model.opset_import[0].version = onnx.defs.onnx_opset_version() + 5
+    path = tmp_path / "new.onnx"
+    onnx.save(model, path)
+    said = []
+    load(path, said.append)
+    assert len(said) == 1 and f"opset {onnx.defs.onnx_opset_version() + 5} is newer" in said[0]
+
+
+def test_run_output_naming_a_file_is_refused_before_running(capsys, tmp_path, bnn_tar):
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((1, 3, 9, 9), np.float32))
+    existing = tmp_path / "out.txt"
+    existing.write_text("keep")
+    _fails(capsys, ["run", str(bnn_tar), "--input", str(x), "--output", str(existing)], "is a file")
+    _fails(capsys, ["run", str(bnn_tar), "--input", str(x), "--output", str(existing / "sub")], "is a file")
+    assert existing.read_text() == "keep"
+
+
+def test_run_input_that_is_not_npy(capsys, tmp_path, bnn_tar):
+    npz = tmp_path / "x.npz"
+    np.savez(npz, input=np.ones((1, 3, 9, 9), np.float32))
+    _fails(capsys, ["run", str(bnn_tar), "--input", f"input={npz}"], "not a .npy file")
+    text = tmp_path / "x.txt"
+    text.write_text("1 2 3\n")
+    _fails(capsys, ["run", str(bnn_tar), "--input", f"input={text}"], "not a .npy file")
+    objects = tmp_path / "o.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _fails(capsys, ["run", str(bnn_tar), "--input", f"input={objects}"], "cannot read")
+
+
+def test_run_input_given_twice(capsys, tmp_path, bnn_tar):
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((1, 3, 9, 9), np.float32))
+    _fails(capsys, ["run", str(bnn_tar), "--input", f"input={x}", "--input", f"input={x}"], "given twice")
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0"])
+def test_run_timeout_must_be_finite_and_positive(capsys, tmp_path, bnn_tar, timeout):
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((1, 3, 9, 9), np.float32))
+    _fails(capsys, ["run", str(bnn_tar), "--input", str(x), "--timeout", timeout], "positive, finite")
+
+
+def test_nonfinite_inputs_to_a_lowbit_model_warn_once(capsys, tmp_path, bnn_tar):
+    x = np.ones((1, 3, 9, 9), np.float32)
+    x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    assert main(["run", str(bnn_tar), "--input", str(path), "--repeat", "0"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "NaN becomes -1" in warnings[0], warnings
+
+
+def test_long_local_timing_prints_progress(capsys, tmp_path, bnn_tar, monkeypatch):
+    from tvmbits import deploy
+
+    monkeypatch.setattr(deploy, "PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(deploy, "PROGRESS_EVERY_S", 0.0)
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((1, 3, 9, 9), np.float32))
+    assert main(["run", str(bnn_tar), "--input", str(path), "--repeat", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "timing 3 runs" in err and "timed 3/3 runs" in err, err
+
+
+def test_missing_tuning_log_is_refused_before_the_compile(capsys, tmp_path, bnn_file):
+    _refused_before_work(
+        capsys, ["compile", str(bnn_file), "-o", str(tmp_path / "m.tar"), "--tuning-log", str(tmp_path / "absent")],
+        "no such tuning log folder",
+    )
+
+
+def test_output_files_stay_inside_the_output_folder(tmp_path):
+    from tvmbits.deploy import write_outputs
+
+    one = np.ones(2, np.float32)
+    paths = write_outputs({"/conv1/Add_output_0": one, "../up": one, "_conv1_Add_output_0": one}, tmp_path / "out")
+    assert all(Path(p).parent == tmp_path / "out" for p in paths.values()) and len(set(paths.values())) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -19,6 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return args.handler(args)
     except UserError as err:
-        print(f"tvmbits: error: {err}", file=sys.stderr)
+        if getattr(args, "verbose", False) and err.detail:
+            print(err.detail, file=sys.stderr)
+        print(f"tvmbits: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("tvmbits: interrupted", file=sys.stderr)
@@ -43,12 +46,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
     compile_.add_argument("-o", "--output", default="model.tar", help="artifact to write")
+    compile_.add_argument(
+        "--force", action="store_true", help="overwrite an existing output that is not a tvmbits artifact"
+    )
     _plan_options(compile_)
     compile_.add_argument("--calibrate", nargs="+", default=[], metavar="NPY", help="calibration samples")
     compile_.add_argument(
         "--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
         help="fix an input's symbolic dimensions",
     )
+    compile_.add_argument("--verbose", action="store_true", help="with an error, print what TVM said in full")
     tuning = compile_.add_mutually_exclusive_group()
     tuning.add_argument("--tuning-log", metavar="DIR", help="apply this tuning log (default: the user's from `tune`, else the shipped one)")
     tuning.add_argument("--no-tuning", action="store_true", help="use the untuned default schedules")
@@ -64,6 +71,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _remote_options(tune, "measure on")
     _plan_options(tune)
+    tune.add_argument(
+        "--repair", action="store_true",
+        help="drop the log's lines that do not read (the old files are kept as *.bak)",
+    )
+    tune.add_argument("--verbose", action="store_true", help="with an error, print what TVM said in full")
     tune.set_defaults(handler=_tune)
 
     run = commands.add_parser("run", help="run model.tar here or on a board")
@@ -143,7 +155,7 @@ def _tune(args) -> int:
     log_dir = args.log or str(start_user_log(profile.name, log))
     trials = args.trials if args.trials is not None else profile.tuning_trials
     tune_model(
-        args.model, options, log_dir, trials, remote=remote, log=log,
+        args.model, options, log_dir, trials, remote=remote, log=log, repair=args.repair,
     )
     print(f"tuning log: {log_dir}")
     return 0
@@ -151,7 +163,9 @@ def _tune(args) -> int:
 
 def _compile(args) -> int:
     import tvmbits
+    from tvmbits.artifact import check_output_path
 
+    check_output_path(args.output, [args.model], args.force)  # before the slow work
     artifact = tvmbits.compile(
         args.model,
         args.target,
@@ -166,7 +180,7 @@ def _compile(args) -> int:
         dump_ir=args.dump_ir,
         log=lambda m: print(m, file=sys.stderr),
     )
-    artifact.save(args.output)
+    artifact.save(args.output, force=args.force)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -190,12 +204,14 @@ def _run(args) -> int:
     if args.repeat < 0:
         raise OptionError(f"--repeat {args.repeat}: must be 0 or more")
     remote = _remote(args)
+    if args.output:
+        deploy.check_output_folder(args.output)
     art = open_artifact(args.artifact)
-    inputs = deploy.read_inputs(args.input, art.metadata)
+    inputs = deploy.read_inputs(args.input, art.metadata, log=_warn)
     model = tvmbits.load(art, remote)
     try:
         outputs = model(**inputs)
-        timing = model.benchmark(args.repeat, inputs) if args.repeat else None
+        timing = model.benchmark(args.repeat, inputs, log=_warn) if args.repeat else None
         profile = model.profile(inputs) if args.profile else None
     finally:
         model.close()
@@ -225,11 +241,12 @@ def _run(args) -> int:
 
 def _remote(args):
     """The `Remote` that --rpc or --tracker/--key/--timeout name, or None for this machine."""
-    from tvmbits.remote import Remote
+    from tvmbits.remote import Remote, check_timeout
 
     if not args.rpc and not args.tracker:
         if args.key:
             raise OptionError("--key needs --tracker")
+        check_timeout(args.timeout)
         return None
     return Remote(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
 
@@ -247,6 +264,10 @@ def _check(args) -> int:
     failed = [result.name for result in results if not result.passed]
     print(f"{len(results) - len(failed)} of {len(results)} low-bit layers pass" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _board_serve(args) -> int:

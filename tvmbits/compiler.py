@@ -84,7 +84,7 @@ def lower_model(
     profile = profiles.load(options.target)
     check_bits("--wbits", options.wbits)
     check_bits("--abits", options.abits)
-    onnx_model, source = _load(model)
+    onnx_model, source = _load(model, log)
     log(f"importing {source}")
     imported = onnx_frontend.import_model(onnx_model, source, options.input_shapes)
     target = profile.tvm_target()
@@ -112,6 +112,8 @@ def compile_with(
     model: "str | Path | onnx.ModelProto", options: CompileOptions, log: Callable[[str], None] = lambda m: None
 ) -> artifact.Artifact:
     """`compile` with its options gathered."""
+    if options.use_tuning and options.tuning_log:
+        tuning_log.check_folder(options.tuning_log)  # before the slow work
     dump = pipeline.DumpIR(options.dump_ir) if options.dump_ir else None
     with tvm.transform.PassContext(instruments=[dump] if dump else []):
         lowered = lower_model(model, options, log, dump)
@@ -145,11 +147,11 @@ def compile_with(
     return artifact.Artifact.build(library, metadata, workdir)
 
 
-def _load(model) -> tuple[onnx.ModelProto, str]:
+def _load(model, log) -> tuple[onnx.ModelProto, str]:
     """The model and the name errors give it: its path, or "<model>" for a ModelProto."""
     if isinstance(model, onnx.ModelProto):
-        return onnx_frontend.check(model, "<model>"), "<model>"
-    return onnx_frontend.load(model), str(model)
+        return onnx_frontend.check(model, "<model>", log), "<model>"
+    return onnx_frontend.load(model, log), str(model)
 
 
 def _tuning_database(options: CompileOptions, profile, log):
@@ -160,7 +162,7 @@ def _tuning_database(options: CompileOptions, profile, log):
     if not options.tuning_log and not path.is_dir():
         return None, None
     log(f"applying tuning log {path}")
-    return tuning_log.open_database(path, log), str(path)
+    return tuning_log.read_database(path, log), str(path)
 
 
 def _export(executable, library: Path, profile) -> None:

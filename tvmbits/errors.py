@@ -7,7 +7,13 @@ exits with code 2, no traceback. Catch `UserError` for all of them.
 
 
 class UserError(ValueError):
-    """A bad model, option, input, artifact, tuning log, target or board, described in one line."""
+    """A bad model, option, input, artifact, tuning log, target or board, described in one line.
+
+    `detail` holds what a tool said at length (e.g. TVM's importer), shown by `--verbose`."""
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail
 
 
 class ModelError(UserError):

@@ -13,15 +13,20 @@ on the device (`time_evaluator`); `benchmark` and `profile` without inputs use s
 standard-normal ones.
 """
 
+import time as clock
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from tvmbits import runtime
 from tvmbits.artifact import Artifact, open_artifact
 from tvmbits.deploy import check_board
-from tvmbits.errors import InputError
+from tvmbits.errors import InputError, OptionError
 from tvmbits.remote import Remote
+
+PROGRESS_AFTER_S = 2.0  # timing expected to take longer than this prints progress
+PROGRESS_EVERY_S = 1.0  # one progress line about this often
 
 
 class Model:
@@ -51,13 +56,27 @@ class Model:
         values = runtime.run(self.session, self.loaded, self._arguments(inputs))
         return {spec["name"]: value for spec, value in zip(self.outputs, values)}
 
-    def benchmark(self, repeat: int = 10, inputs: dict[str, np.ndarray] | None = None) -> dict:
-        """Latency over `repeat` timed runs (after one warm-up run), in ms, measured on the device."""
+    def benchmark(
+        self, repeat: int = 10, inputs: dict[str, np.ndarray] | None = None, log: Callable[[str], None] | None = None
+    ) -> dict:
+        """Latency over `repeat` timed runs (after one warm-up run), in ms, measured on the device.
+        Timing expected to take over PROGRESS_AFTER_S runs in batches of about PROGRESS_EVERY_S,
+        with a progress line to `log` after each (so that Ctrl-C ends it between batches)."""
         if repeat < 1:
-            raise InputError(f"repeat {repeat}: must be at least 1")
+            raise OptionError(f"repeat {repeat}: must be at least 1")
         args = self._arguments(inputs if inputs is not None else self.random_inputs())
+        started = clock.monotonic()
         runtime.run(self.session, self.loaded, args)
-        times = np.array(runtime.time(self.session, self.loaded, args, number=1, repeat=repeat))
+        once = clock.monotonic() - started
+        batch = repeat if repeat * once <= PROGRESS_AFTER_S else max(1, int(PROGRESS_EVERY_S / max(once, 1e-9)))
+        if batch < repeat and log:
+            log(f"timing {repeat} runs (about {repeat * once:.0f} s)")
+        times: list[float] = []
+        while len(times) < repeat:
+            times += runtime.time(self.session, self.loaded, args, number=1, repeat=min(batch, repeat - len(times)))
+            if batch < repeat and log:
+                log(f"timed {len(times)}/{repeat} runs")
+        times = np.array(times)
         return {"mean": float(times.mean()), "median": float(np.median(times)), "std": float(times.std()),
                 "repeat": repeat}
 

@@ -24,8 +24,13 @@ class Remote:
             raise OptionError("a remote needs --rpc HOST:PORT or --tracker HOST:PORT")
         if bool(self.tracker) != bool(self.key):
             raise OptionError("--tracker and --key go together")
-        if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
-            raise OptionError(f"--timeout {self.timeout}: must be a positive number of seconds")
+        check_timeout(self.timeout)
 
     def describe(self) -> str:
         return f"board {self.rpc}" if self.rpc else f"board '{self.key}' from tracker {self.tracker}"
+
+
+def check_timeout(timeout: float) -> None:
+    """A `--timeout` is a positive, finite number of seconds (not 0, nan or inf)."""
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise OptionError(f"--timeout {timeout}: must be a positive, finite number of seconds")

@@ -8,8 +8,11 @@ evolutionary search with the XGBoost cost model, measured on this machine, on on
 (`tuning_log.py`) as each measurement finishes.
 """
 
+import contextlib
 import functools
 import os
+import signal
+import threading
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -42,10 +45,12 @@ def tune_model(
     trials: int,
     remote: Remote | None = None,
     log: Callable[[str], None] = lambda message: None,
+    repair: bool = False,
 ) -> int:
     """Tune the low-bit kernels of `model_path` for `options.target` with `trials` measurements
     in all, on this machine or on the board(s) `remote` names, appending to the tuning log
-    `log_dir`; returns the number of tasks."""
+    `log_dir` after each measured batch (lines of the log that do not read are skipped;
+    `repair` drops them, keeping a backup); returns the number of tasks."""
     if trials < 1:
         raise OptionError(f"--trials {trials}: must be at least 1")
     runner = _runner(remote)  # a bad board fails before the slow lowering
@@ -59,7 +64,10 @@ def tune_model(
     ]
     if not tasks:
         raise ModelError(f"{model_path}: no low-bit kernels to tune for {lowered.profile.name}")
-    database = tuning_log.open_database(log_dir, log, create=True)
+    if repair and Path(log_dir).is_dir():
+        tuning_log.repair(log_dir, log)
+    writer = tuning_log.TuningLogWriter(log_dir, log)
+    database = writer.database
     tuning_log.write_tuned_on(Path(log_dir), lowered.profile.name)
     log(f"tuning {len(tasks)} kernels with {trials} trials in all; log: {log_dir}")
     contexts = [
@@ -80,23 +88,53 @@ def tune_model(
         for index, task in enumerate(tasks)
     ]
     progress = _Progress([task.task_name for task in tasks], trials, log)
-    with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir:
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(task.weight) for task in tasks],
-            work_dir=work_dir,
-            max_trials_global=trials,
-            num_trials_per_iter=min(16, trials),
-            builder=_builder(lowered.profile),
-            runner=runner,
-            database=database,
-            cost_model="xgb",
-            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
-            task_scheduler="gradient",
-        )
+    with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir, _interruptible() as interrupted:
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=[float(task.weight) for task in tasks],
+                work_dir=work_dir,
+                max_trials_global=trials,
+                num_trials_per_iter=min(16, trials),
+                builder=_builder(lowered.profile),
+                runner=runner,
+                database=database,
+                cost_model="xgb",
+                measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                + [tuning_log.FlushToLog(writer), progress],
+                task_scheduler="gradient",
+            )
+        except Exception:
+            if interrupted:  # MetaSchedule's C++ turns a KeyboardInterrupt into another error
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            writer.flush()
+            writer.close()
     if progress.done < trials:
         log(f"tune: stopped after {progress.done} trials: every candidate of these design spaces is measured")
     return len(tasks)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """A list that becomes non-empty once SIGINT (Ctrl-C) arrives, which still raises
+    KeyboardInterrupt: MetaSchedule's C++ wraps it into a RuntimeError, which `tune_model`
+    turns back into KeyboardInterrupt (the CLI: "tvmbits: interrupted", exit 130)."""
+    seen: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def on_sigint(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _design_space(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> None:

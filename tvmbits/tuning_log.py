@@ -1,11 +1,18 @@
 """Tuning logs: the MetaSchedule databases `tvmbits tune` writes and `compile` applies.
 
 A tuning log is a folder: MetaSchedule's JSON database (`database_workload.json`,
-`database_tuning_record.json`, one JSON value per line, appended as each measurement
-finishes, so an interrupted or killed run keeps every finished measurement and a rerun starts
-from them) and `tuned_on.json` (profile, CPU model and LLVM's name for it, cores, TVM version of the last
-run).
-A line that does not parse (a run killed mid-write, a hand edit) is dropped with a warning.
+`database_tuning_record.json`, one JSON value per line) and `tuned_on.json` (profile, CPU model
+and LLVM's name for it, cores, TVM version of the last run). A record line is
+`[workload index, record]`, the index counting the non-empty lines of the workload file.
+
+Reading never modifies a log: `read_database` (what `compile` applies) loads every line that
+parses and deserializes into a workload or a record into memory and skips any other (a run
+killed mid-write, a hand edit) with one warning naming the file and line. `tune` appends:
+`TuningLogWriter` lets MetaSchedule measure into a private copy of the valid entries and
+appends each batch's new lines to the log with one `write` per file, so an interrupted or
+killed run leaves whole lines and a rerun starts from them. Lines that do not read are kept
+and skipped, unless the user asks for `repair` (`tvmbits tune --repair`), which rewrites the
+log without them after copying each file to `<file>.bak`.
 The logs shipped with tvmbits are `tuning_logs/<profile>/` at the top of the source tree,
 installed as the package data `tvmbits.tuning_logs` and never written at run time. `tvmbits
 tune` appends by default to the user's log, `$XDG_CACHE_HOME/tvmbits/tuning_logs/<profile>`
@@ -18,10 +25,13 @@ import json
 import os
 import platform
 import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import tvm
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from tvmbits.errors import TuningLogError
@@ -29,6 +39,7 @@ from tvmbits.errors import TuningLogError
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 TUNED_ON = "tuned_on.json"
+MODULE_EQUALITY = "structural"
 
 
 def shipped_log(profile_name: str) -> Path:
@@ -62,46 +73,210 @@ def start_user_log(profile_name: str, log: Callable[[str], None]) -> Path:
     return own
 
 
-def open_database(folder: str | Path, log: Callable[[str], None], create: bool = False) -> ms.database.JSONDatabase:
-    """The JSON database in `folder`, after dropping lines that do not parse (with a warning)."""
+@dataclass
+class LogEntries:
+    """The entries of a tuning log that read, in file order, and how many lines did not."""
+
+    workloads: dict[int, tuple[ms.database.Workload, str]] = field(default_factory=dict)  # index → (workload, line)
+    records: list[tuple[int, ms.database.TuningRecord, str]] = field(default_factory=list)  # (index, record, line)
+    workload_lines: int = 0  # non-empty lines of the workload file: the next workload's index
+    bad: int = 0
+
+
+def check_folder(folder: str | Path) -> None:
+    """A tuning log to read must be a folder (checked before a compile starts)."""
+    if not Path(folder).is_dir():
+        raise TuningLogError(f"{folder}: no such tuning log folder")
+
+
+def read_log(folder: str | Path, log: Callable[[str], None]) -> LogEntries:
+    """The valid entries of the tuning log `folder`, each bad line skipped with a warning
+    naming the file and line. Nothing is written."""
     folder = Path(folder)
-    if not folder.is_dir():
-        if not create:
-            raise TuningLogError(f"{folder}: no such tuning log folder")
-        folder.mkdir(parents=True)
-    workloads = _clean_lines(folder / WORKLOADS, lambda value: isinstance(value, list), log)
-    _clean_lines(
-        folder / RECORDS,
-        lambda value: isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
-        and 0 <= value[0] < workloads,
-        log,
-    )
-    return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), module_equality="structural")
+    check_folder(folder)
+    entries = LogEntries()
+    for number, line, value in _lines(folder / WORKLOADS, log):
+        index = entries.workload_lines
+        entries.workload_lines += 1
+        workload = _deserialize(lambda: ms.database.Workload.from_json(value))
+        if workload is None:
+            _skip(folder / WORKLOADS, number, log)
+            entries.bad += 1
+            continue
+        entries.workloads[index] = (workload, line)
+    for number, line, value in _lines(folder / RECORDS, log):
+        index = value[0] if isinstance(value, list) and len(value) == 2 else None
+        if not isinstance(index, int) or isinstance(index, bool) or index not in entries.workloads:
+            record = None
+        else:
+            workload = entries.workloads[index][0]
+            record = _deserialize(lambda: ms.database.TuningRecord.from_json(value[1], workload))
+        if record is None:
+            _skip(folder / RECORDS, number, log)
+            entries.bad += 1
+            continue
+        entries.records.append((index, record, line))
+    return entries
 
 
-def _clean_lines(path: Path, valid: Callable, log: Callable[[str], None]) -> int:
-    """Rewrite `path` without lines that are not valid JSON values (atomically); the count kept."""
+def _lines(path: Path, log: Callable[[str], None]):
+    """(line number, line, JSON value) for each non-empty line; a line that is not JSON is
+    given with value None (it still counts: record lines refer to workloads by position)."""
     if not path.exists():
-        path.touch()
-        return 0
-    kept, dropped = [], 0
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        return
+    try:
+        text = path.read_bytes().decode(errors="replace")
+    except OSError as err:
+        raise TuningLogError(f"{path}: cannot read it ({err.strerror or err})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             value = None
-        if value is None or not valid(value):
-            log(f"warning: {path}:{number}: not a tuning-log entry, skipped")
-            dropped += 1
-            continue
-        kept.append(line)
-    if dropped:
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text("".join(line + "\n" for line in kept))
-        partial.replace(path)
-    return len(kept)
+        yield number, line, value
+
+
+def _deserialize(make):
+    try:
+        return make()
+    except Exception:  # TVM raises InternalError/TypeError/ValueError/... for a malformed entry
+        return None
+
+
+def _skip(path: Path, number: int, log: Callable[[str], None]) -> None:
+    log(f"warning: {path}:{number}: not a tuning-log entry, skipped")
+
+
+def read_database(folder: str | Path, log: Callable[[str], None]) -> ms.database.Database:
+    """The tuning log `folder` as an in-memory database (what `compile` applies); the folder is
+    only read."""
+    entries = read_log(folder, log)
+    database = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
+    committed = {index: database.commit_workload(workload.mod) for index, (workload, _) in entries.workloads.items()}
+    for index, record, _ in entries.records:
+        database.commit_tuning_record(
+            ms.database.TuningRecord(
+                record.trace, committed[index], record.run_secs, record.target, record.args_info
+            )
+        )
+    return database
+
+
+def repair(folder: str | Path, log: Callable[[str], None]) -> int:
+    """Rewrite the tuning log `folder` without its bad lines (records renumbered to the workloads
+    kept), after copying each file to `<file>.bak`; the number of lines dropped."""
+    folder = Path(folder)
+    entries = read_log(folder, log)
+    if not entries.bad:
+        return 0
+    renumber = {old: new for new, old in enumerate(sorted(entries.workloads))}
+    for name in (WORKLOADS, RECORDS):
+        if (folder / name).exists():
+            shutil.copy2(folder / name, folder / (name + ".bak"))
+    _replace(folder / WORKLOADS, [line for _, (_, line) in sorted(entries.workloads.items())])
+    _replace(folder / RECORDS, [_renumbered(line, renumber[index]) for index, _, line in entries.records])
+    log(f"repaired {folder}: dropped {entries.bad} bad lines; the old files are kept as *.bak")
+    return entries.bad
+
+
+def _renumbered(line: str, index: int) -> str:
+    value = json.loads(line)
+    if value[0] == index:
+        return line
+    return json.dumps([index, value[1]], separators=(",", ":"))
+
+
+def _replace(path: Path, lines: list[str]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(line + "\n" for line in lines))
+    partial.replace(path)
+
+
+class TuningLogWriter:
+    """MetaSchedule's JSON database over a private copy of a tuning log's valid entries; `flush`
+    appends the lines it has added since to the log itself (whole lines, one write per file,
+    workload indices translated), so the log only ever grows by whole lines."""
+
+    def __init__(self, folder: str | Path, log: Callable[[str], None]):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TuningLogError(f"{folder}: cannot make the tuning log folder ({err.strerror or err})") from None
+        entries = read_log(self.folder, log)
+        self._work = tempfile.TemporaryDirectory(prefix="tvmbits-log-")
+        work = Path(self._work.name)
+        self._to_log = sorted(entries.workloads)  # private workload index → the log's
+        private = {index: position for position, index in enumerate(self._to_log)}
+        (work / WORKLOADS).write_text("".join(line + "\n" for _, (_, line) in sorted(entries.workloads.items())))
+        (work / RECORDS).write_text(
+            "".join(_renumbered(line, private[index]) + "\n" for index, _, line in entries.records)
+        )
+        self._next_index = entries.workload_lines
+        self._done = {WORKLOADS: (work / WORKLOADS).stat().st_size, RECORDS: (work / RECORDS).stat().st_size}
+        self.database = ms.database.JSONDatabase(
+            str(work / WORKLOADS), str(work / RECORDS), module_equality=MODULE_EQUALITY
+        )
+
+    def flush(self) -> None:
+        """Append what MetaSchedule wrote since the last flush to the log."""
+        work = Path(self._work.name)
+        new_workloads = self._new_lines(work / WORKLOADS)
+        for _ in new_workloads:
+            self._to_log.append(self._next_index)
+            self._next_index += 1
+        new_records = [
+            _renumbered(line, self._to_log[json.loads(line)[0]]) for line in self._new_lines(work / RECORDS)
+        ]
+        _append(self.folder / WORKLOADS, new_workloads)
+        _append(self.folder / RECORDS, new_records)
+
+    def _new_lines(self, path: Path) -> list[str]:
+        with open(path, "rb") as f:
+            f.seek(self._done[path.name])
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # whole lines only; a line still being written waits
+        self._done[path.name] += end
+        return [line for line in data[:end].decode().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        self._work.cleanup()
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    """Append whole lines with one write (after a newline if the file ends in a cut line)."""
+    if not lines:
+        return
+    data = "".join(line + "\n" for line in lines).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size and _last_byte(path) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+@derived_object
+class FlushToLog(ms.measure_callback.PyMeasureCallback):
+    """After each measured batch (once MetaSchedule has recorded it), append it to the log."""
+
+    def __init__(self, writer: TuningLogWriter):
+        super().__init__()
+        self.writer = writer
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        self.writer.flush()
 
 
 def write_tuned_on(folder: Path, profile_name: str) -> None:
