@@ -3,6 +3,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 # tests import their model builders as plain modules
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -22,9 +24,33 @@ TIERS = {
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
-
     tier_of = {name: tier for tier, names in TIERS.items() for name in names}
     for item in items:
         if not any(item.get_closest_marker(tier) for tier in ("unit", "kernel", "e2e")):
             item.add_marker(getattr(pytest.mark, tier_of.get(item.module.__name__, "e2e")))
+
+
+class TinyBNN:
+    """tiny_bnn (onnx_models) compiled once for x86_64 by `tvmbits compile`, for the tests that
+    need some artifact: `model` (.onnx), `artifact` (.tar), `input` (.npy, dyadic) and the
+    output ONNX Runtime gives on it. Read only: a test that changes a file copies it first."""
+
+    def __init__(self, folder: Path):
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+
+        from onnx_models import dyadic_input, tiny_bnn
+        from tvmbits.cli import main
+
+        self.model, self.artifact, self.input = folder / "bnn.onnx", folder / "bnn.tar", folder / "x.npy"
+        onnx.save(tiny_bnn(), self.model)
+        assert main(["compile", str(self.model), "--target", "x86_64", "-o", str(self.artifact)]) == 0
+        x = dyadic_input([1, 3, 9, 9], seed=3)
+        np.save(self.input, x)
+        self.expected = ort.InferenceSession(str(self.model)).run(None, {"input": x})[0]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> TinyBNN:
+    return TinyBNN(tmp_path_factory.mktemp("tiny"))

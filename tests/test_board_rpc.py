@@ -12,29 +12,26 @@ import sys
 import time
 
 import numpy as np
-import onnx
 import pytest
 
 from boards import TVMBITS, Process, free_port, one_error_line, serve, tvmbits
 from compiled import run_local
-from onnx_models import dyadic_input, tiny_bnn
 from tvmbits.artifact import open_artifact, write_artifact
-from tvmbits.cli import main
 from tvmbits.tuning_log import RECORDS
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("rpc")
+def folder(tmp_path_factory, tiny):
+    """This module's folder (board and tracker logs), with the shared tiny_bnn as bnn.onnx."""
+    folder = tmp_path_factory.mktemp("rpc")
+    (folder / "bnn.onnx").symlink_to(tiny.model)
+    return folder
 
 
 @pytest.fixture(scope="module")
-def model(folder):
+def model(tiny):
     """tiny_bnn compiled for this machine, and an input file for it."""
-    onnx.save(tiny_bnn(), folder / "bnn.onnx")
-    assert main(["compile", str(folder / "bnn.onnx"), "--target", "x86_64", "-o", str(folder / "bnn.tar")]) == 0
-    np.save(folder / "x.npy", dyadic_input((1, 3, 9, 9)))
-    return folder / "bnn.tar", folder / "x.npy"
+    return tiny.artifact, tiny.input
 
 
 @pytest.fixture(scope="module")

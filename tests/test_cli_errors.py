@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnx_models import make_model, tiny_bnn
+from onnx_models import make_model
 from tvmbits.cli import main
 
 
@@ -23,18 +23,14 @@ def _fails(capsys, argv, fragment):
     return errors[0]
 
 
-@pytest.fixture(scope="module")
-def bnn_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "bnn.onnx"
-    onnx.save(tiny_bnn(), path)
-    return path
+@pytest.fixture
+def bnn_file(tiny):
+    return tiny.model
 
 
-@pytest.fixture(scope="module")
-def bnn_tar(bnn_file):
-    out = bnn_file.with_suffix(".tar")
-    assert main(["compile", str(bnn_file), "--target", "x86_64", "-o", str(out)]) == 0
-    return out
+@pytest.fixture
+def bnn_tar(tiny):
+    return tiny.artifact
 
 
 def test_missing_model_file(capsys, tmp_path):
@@ -264,10 +260,10 @@ def test_nonfinite_inputs_to_a_lowbit_model_warn_once(capsys, tmp_path, bnn_tar)
 
 
 def test_long_local_timing_prints_progress(capsys, tmp_path, bnn_tar, monkeypatch):
-    from tvmbits import deploy
+    from tvmbits import model as loaded_model
 
-    monkeypatch.setattr(deploy, "PROGRESS_AFTER_S", 0.0)
-    monkeypatch.setattr(deploy, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(loaded_model, "PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(loaded_model, "PROGRESS_EVERY_S", 0.0)
     path = tmp_path / "x.npy"
     np.save(path, np.ones((1, 3, 9, 9), np.float32))
     assert main(["run", str(bnn_tar), "--input", str(path), "--repeat", "3"]) == 0

@@ -4,23 +4,17 @@
 import json
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 
-from onnx_models import dyadic_input, tiny_bnn
 from tvmbits.cli import main
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
-    onnx.save(tiny_bnn(), folder / "bnn.onnx")
-    assert main(["compile", str(folder / "bnn.onnx"), "-o", str(folder / "bnn.tar")]) == 0
-    x = dyadic_input([1, 3, 9, 9], seed=3)
-    np.save(folder / "x.npy", x)
-    expected = ort.InferenceSession(str(folder / "bnn.onnx")).run(None, {"input": x})[0]
-    return folder, expected
+@pytest.fixture
+def compiled(tiny, tmp_path):
+    """The shared tiny_bnn artifact, seen from a folder of this test's own."""
+    for name in ("bnn.tar", "x.npy"):
+        (tmp_path / name).symlink_to(getattr(tiny, {"bnn.tar": "artifact", "x.npy": "input"}[name]))
+    return tmp_path, tiny.expected
 
 
 def test_json_report_and_output_files(compiled, capsys):

@@ -3,7 +3,6 @@ file and line; nothing is rewritten), `tune` appends whole lines, and repairs on
 (`--repair`), keeping a backup."""
 
 import json
-import shutil
 
 import pytest
 
