@@ -130,7 +130,7 @@ def import_model(
 
     `input_shapes` fixes graph inputs whose ONNX shape has symbolic dimensions.
     """
-    model = name_layers(model)
+    model = name_layers(model, source)
     model, facts = qonnx.rewrite(model, source)
     model, qdq_facts = qdq.rewrite(model, source)
     facts.update(qdq_facts)
@@ -156,17 +156,20 @@ def import_model(
     return ImportedModel(mod, inputs, _output_specs(mod, model), _layer_names(model), facts)
 
 
-def name_layers(model: onnx.ModelProto) -> onnx.ModelProto:
+def name_layers(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     """A copy of `model` whose Conv/Gemm/MatMul nodes have unique, non-empty names."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     seen = set()
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         if node.op_type not in LAYER_OPS:
             continue
-        name = node_name(node)
-        if name in seen:
-            name = f"{name}:{node.output[0]}"
-        node.name = name
+        try:
+            name = node_name(node)
+            if name in seen:
+                name = f"{name}:{node.output[0]}"
+            node.name = name
+        except (UnicodeError, IndexError):
+            raise ModelError(f"{source}: {node.op_type} node {index} has no valid UTF-8 name or output") from None
         seen.add(name)
     return model
 
