@@ -31,37 +31,77 @@ def model_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def killed_then_resumed(model_file):
-    """A tune run killed after its first measurements, then a second run on the same log."""
-    log_dir = model_file.parent / "log"
-    command = [sys.executable, "-m", "tvmbits", "tune", str(model_file), "--trials", "64", "--log", str(log_dir)]
+def _lines(log_dir):
+    path = log_dir / RECORDS
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _interrupt(command, sig, ready):
+    """Run `command` in its own process group and send it `sig` (as Ctrl-C or kill -9 would)
+    once `ready()`; its exit code and stderr."""
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # the first batch of measurements, on a busy machine
     while time.monotonic() < deadline and proc.poll() is None:
-        if (log_dir / RECORDS).exists() and records(log_dir):
+        if ready():
             break
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, sig)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        err += "\n(no exit within 120 s of the signal)"
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # measurement workers left behind, if any
+    except ProcessLookupError:
+        pass
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(model_file):
+    """A tune run killed (kill -9) after its first measurements, a second run on the same log
+    interrupted (Ctrl-C) after it has added some, then a third run on the same log."""
+    log_dir = model_file.parent / "log"
+    command = [sys.executable, "-m", "tvmbits", "tune", str(model_file), "--trials", "64", "--log", str(log_dir)]
+    _interrupt(command, signal.SIGKILL, lambda: _lines(log_dir) > 0)
     after_kill = records(log_dir)
+    started = (log_dir / TUNED_ON).stat().st_mtime_ns
+    tuning_since = []
+
+    def tuning_a_while():  # tuned_on.json is rewritten as the tuning starts; then 5 s more
+        if not tuning_since and (log_dir / TUNED_ON).stat().st_mtime_ns != started:
+            tuning_since.append(time.monotonic())
+        return bool(tuning_since) and time.monotonic() - tuning_since[0] > 5
+
+    interrupted = _interrupt(command, signal.SIGINT, tuning_a_while)
+    after_interrupt = records(log_dir)
     command[command.index("64")] = "4"
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=400)
-    return log_dir, after_kill, resumed
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)  # a busy machine
+    return log_dir, after_kill, interrupted, after_interrupt, resumed
 
 
 def test_killed_run_keeps_its_measurements_and_a_rerun_appends(killed_then_resumed):
-    log_dir, after_kill, resumed = killed_then_resumed
+    log_dir, after_kill, _, after_interrupt, resumed = killed_then_resumed
     assert after_kill, "the killed run recorded nothing"
     assert resumed.returncode == 0, resumed.stderr
     assert "tune: " in resumed.stderr and "best" in resumed.stderr  # progress lines
     after_resume = records(log_dir)
-    assert after_resume[: len(after_kill)] == after_kill and len(after_resume) >= len(after_kill)
+    assert after_resume[: len(after_kill)] == after_kill and len(after_resume) >= len(after_interrupt)
     assert json.loads((log_dir / TUNED_ON).read_text())["cores"] == os.cpu_count()
 
 
+def test_interrupted_run_says_so_keeps_whole_lines_and_a_rerun_resumes(killed_then_resumed):
+    log_dir, after_kill, (code, err), after_interrupt, resumed = killed_then_resumed
+    assert code == 130 and err.strip().splitlines()[-1] == "tvmbits: interrupted", err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert after_interrupt[: len(after_kill)] == after_kill  # every line whole, none lost
+    assert resumed.returncode == 0 and records(log_dir)[: len(after_interrupt)] == after_interrupt
+
+
 def test_compile_applies_the_log_and_stays_exact(killed_then_resumed, model_file, tmp_path, capsys):
-    log_dir, _, _ = killed_then_resumed
+    log_dir = killed_then_resumed[0]
     with open(log_dir / RECORDS, "a") as f:
         f.write('[0, {"truncated": \n')  # what a run killed mid-write can leave
     out = tmp_path / "tuned.tar"
