@@ -57,6 +57,7 @@ from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
 PACKS = ("bitpack", "subbyte_pack")
+TABLES = ("bitserial_weight_popcount", "bitserial_border")  # per-call tables of the weights
 LANES = BLOCK  # int32 accumulators per vector; the sub-byte weights come blocked by it
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
 MAX_PIXELS = 8  # LLVM can take minutes to allocate registers for much larger unrolled tiles
@@ -159,15 +160,16 @@ def _lane_reduction(sch: s_tir.Schedule, block) -> bool:
     return extent.value % LANES == 0
 
 
-def _reduce_in_lanes(sch: s_tir.Schedule, block) -> bool:
+def _reduce_in_lanes(sch: s_tir.Schedule, block, parallel: bool = True) -> bool:
     """Run a `_lane_reduction` block with its reduction loops outside its innermost output axis,
-    LANES of it at a time in a vector, and its leading loops in parallel. False (untouched) if
-    not such a block."""
+    LANES of it at a time in a vector, and its leading loops in parallel (unless not
+    `parallel`). False (untouched) if not such a block."""
     if not _lane_reduction(sch, block):
         return False
     loops = sch.get_loops(block)
     spatial = _spatial_loop_count(sch, block)
-    _parallelize(sch, block, keep_inner=True)
+    if parallel:
+        _parallelize(sch, block, keep_inner=True)
     *_, channel_loop = sch.get_loops(block)[: -(len(loops) - spatial)]
     reduction = sch.get_loops(block)[-(len(loops) - spatial):]
     vectors, lane = sch.split(channel_loop, factors=[None, LANES])
@@ -217,7 +219,9 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
         )
         _parallelize(sch, copy)
     for producer in blocks[:index]:  # after the weight copy, which tables of the weights then read
-        if not _reduce_in_lanes(sch, producer):
+        if sch.get(producer).name_hint in TABLES:
+            _vectorize_table(sch, producer)
+        elif not _reduce_in_lanes(sch, producer):
             _parallelize(sch, producer, keep_inner=True)
     write_back = sch.cache_write(kernel, 0, "local")
     stranded = []
@@ -248,6 +252,17 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
     _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
+
+
+def _vectorize_table(sch: s_tir.Schedule, block) -> None:
+    """A small table of the weights, channels innermost (`TABLES`): LANES channels at a time in a
+    vector, serially (a few thousand vector operations, cheaper than waking the thread pool)."""
+    if _reduce_in_lanes(sch, block, parallel=False):
+        return
+    loops = sch.get_loops(block)
+    extent = sch.get(loops[-1]).extent
+    if _spatial_loop_count(sch, block) == len(loops) and isinstance(extent, tirx.IntImm) and extent.value % LANES == 0:
+        sch.vectorize(sch.split(loops[-1], factors=[None, LANES])[1])
 
 
 def _reads_write_back(sch: s_tir.Schedule, block, write_back) -> bool:

@@ -10,6 +10,9 @@ import tvm.sym
 from lowbit_kernels import random_codes, run
 from tvm import te
 
+import lowbit_kernels
+from conv_cases import CONVS
+from tvmbits.ops import bitserial_conv2d as conv_module
 from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
@@ -25,6 +28,16 @@ WINDOWS = [  # (in size, kernel, strides, padding)
     ((3, 2), (5, 5), (1, 1), (2, 2, 2, 2)),  # every output reads padding: no interior
     ((9, 4), (7, 1), (3, 1), (3, 0, 3, 0)),
 ]
+
+
+@pytest.fixture
+def border_table_everywhere(monkeypatch):
+    """The border table on outputs of any size (its default spares the smallest outputs); the
+    kernel builds that `lowbit_kernels` caches by signature are built afresh either side."""
+    lowbit_kernels._build.cache_clear()
+    monkeypatch.setattr(conv_module, "MIN_PIXELS_FOR_BORDER_TABLE", 0)
+    yield
+    lowbit_kernels._build.cache_clear()
 
 
 def _taps_inside(window: Window, index: int, axis: int) -> tuple[int, ...]:
@@ -63,17 +76,32 @@ def _update_block_script(act: Encoding, wgt: Encoding, a_shape, conv_args) -> st
     ids=["bipolar", "unsigned-act", "bipolar-act-multibit-weight"],
 )
 def test_hot_loop_tests_a_tap_for_padding_only_for_bipolar_activations_with_multibit_weights(act, wgt, tested):
-    update = _update_block_script(act, wgt, (1, 6, 5, 20), ((1, 1), (1, 1, 1, 1)))
+    update = _update_block_script(act, wgt, (1, 9, 8, 20), ((1, 1), (1, 1, 1, 1)))  # 72 output pixels
     assert ("T.if_then_else" in update) == tested
+
+
+def test_small_bipolar_outputs_keep_the_tap_test():
+    update = _update_block_script(BIPOLAR, BIPOLAR, (1, 7, 7, 20), ((1, 1), (1, 1, 1, 1)))  # 49 pixels
+    assert "T.if_then_else" in update
 
 
 @pytest.mark.parametrize("args", WINDOWS[2:], ids=str)
 @pytest.mark.parametrize("scheduled", [True, False])
-def test_w1a1_conv_is_exact_on_unusual_borders(args, scheduled):
+def test_w1a1_conv_is_exact_on_unusual_borders(args, scheduled, border_table_everywhere):
     (height, width), kernel, strides, padding = args
     rng = np.random.default_rng(7)
     a = random_codes(rng, BIPOLAR, (2, height, width, 45))
     w = random_codes(rng, BIPOLAR, (17, *kernel, 45))
     got = run("bitserial", a, w, BIPOLAR, BIPOLAR, strides, padding, scheduled=scheduled)
     expected = reference.conv2d_nhwc(BIPOLAR.decode(a), BIPOLAR.decode(w), strides, padding)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("conv", [c for c in CONVS if any(c.padding)], ids=str)
+def test_w1a1_conv_grid_is_exact_with_the_border_table(conv, border_table_everywhere):
+    rng = np.random.default_rng(8)
+    a = random_codes(rng, BIPOLAR, (conv.batch, *conv.size, conv.channels))
+    w = random_codes(rng, BIPOLAR, (conv.out_channels, *conv.kernel, conv.channels))
+    got = run("bitserial", a, w, BIPOLAR, BIPOLAR, conv.strides, conv.padding)
+    expected = reference.conv2d_nhwc(BIPOLAR.decode(a), BIPOLAR.decode(w), conv.strides, conv.padding)
     np.testing.assert_array_equal(got, expected)

@@ -90,7 +90,7 @@ class Window:
         """An output of `border_class` along `axis` (the inverse of `border_class` on the borders,
         the interior's first output for the interior)."""
         first, stop = self.interior(axis)
-        return border_class + tirx.if_then_else(border_class > first, stop - first - 1, 0)
+        return border_class + (border_class > first).astype("int32") * (stop - first - 1)
 
     def tap_inside(self, out_index, tap, axis: int) -> Expr:
         """Whether output `out_index` reads inside the input at `tap` along `axis`."""
