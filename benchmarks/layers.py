@@ -209,6 +209,7 @@ def _plot(rows, path: Path) -> None:
 
     names = [f"{r['layer'][0]}², {r['layer'][1]}→{r['layer'][2]}" for r in rows]
     series = [("ORT fp32", "ort_fp32"), ("ORT int8", "ort_int8")] + [(f"W{w}A{a}", f"W{w}A{a}") for w, a in BITS]
+    series.insert(3, ("W1A1 kernel alone", "W1A1_kernel_ms"))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (label, key) in enumerate(series):
