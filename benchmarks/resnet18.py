@@ -6,7 +6,8 @@ blocks, 1×1/2 projection shortcuts, batch norm folded into conv biases, global 
 1000-way Gemm) with seeded random weights; the int8 model is ONNX Runtime's `quantize_static`
 (QDQ, per-channel int8 weights, uint8 activations) of it, calibrated on 8 random inputs. The
 binarized model is `examples/bireal_resnet18.py` (float stem, downsample convs and classifier,
-16 binarized 3×3 convs). Every contender uses all cores; medians of `--repeat` runs.
+16 binarized 3×3 convs). Every contender uses all cores; medians of `--repeat` runs. tvmbits' own
+per-kernel profile is split by phase: low-bit kernels, packing, layout transposes, float layers.
 
     python benchmarks/resnet18.py [--repeat 30] [--out benchmarks/results]
 """
@@ -35,6 +36,26 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 from bireal_resnet18 import build_model, make_input  # noqa: E402
 
 WIDTHS = (64, 128, 256, 512)
+# where the time of a compiled model goes, from its kernels' names (first match wins)
+PHASES = [
+    ("low-bit kernels (epilogues fused in)", ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense")),
+    ("packing (binarize/quantize, bit or byte packing, window sums)", ("bitpack", "subbyte_pack", "bitserial_offset")),
+    ("layout (transposes)", ("transpose",)),
+    ("float layers and elementwise ops", ("",)),
+]
+
+
+def phases(rows: list[dict]) -> list[tuple[str, float, list[str]]]:
+    """(phase, ms, its three largest kernels) of a per-kernel profile (`runtime.profile`)."""
+    split = {name: [] for name, _ in PHASES}
+    for row in rows:
+        phase = next(name for name, fragments in PHASES if any(f in row["name"] for f in fragments))
+        split[phase].append(row)
+    return [
+        (name, sum(r["ms"] for r in members),
+         [f"{r['name']} {r['ms']:.3f}" for r in sorted(members, key=lambda r: -r["ms"])[:3]])
+        for name, members in split.items()
+    ]
 
 
 def float_resnet18(seed: int = 0) -> onnx.ModelProto:
@@ -113,6 +134,7 @@ def main() -> None:
         loaded = session.load(art.library)
         runtime.run(session, loaded, [x])
         ours = float(np.median(runtime.time(session, loaded, [x], number=1, repeat=args.repeat)))
+        split = phases(runtime.profile(session, loaded, [x], runs=args.repeat))
     lowbit = [layer for layer in meta["layers"] if layer["kernel"] != "float"]
     float_bytes = sum(layer["weight_bytes_float"] for layer in lowbit)
     packed_bytes = sum(layer["weight_bytes_packed"] for layer in lowbit)
@@ -130,6 +152,14 @@ def main() -> None:
         "",
         f"Weights of the {len(lowbit)} binarized layers: {float_bytes} B as float32, {packed_bytes} B packed "
         f"({float_bytes / packed_bytes:.1f}× fewer).",
+        "",
+        "Where tvmbits' time goes (`runtime.profile`, medians per kernel summed by phase; the kernels "
+        "run one after another, so the phases add up to about the whole run):",
+        "",
+        "| phase | ms | share | largest kernels (ms) |",
+        "|---|---|---|---|",
+        *(f"| {name} | {ms:.3f} | {ms / max(sum(m for _, m, _ in split), 1e-9):.0%} | {'; '.join(top)} |"
+          for name, ms, top in split),
         "",
     ])
     print(f"wrote {write_report(args.out, 'resnet18.md', report)}")

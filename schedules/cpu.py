@@ -28,10 +28,14 @@ after it. Output channels are split into vectors of `LANES`:
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`
   (`tvmbits tune` samples the chunk: a divisor of the loop up to 2·UNROLL);
 - the epilogues are inlined into the accumulators' write-back, so the accumulation never goes
-  to memory; an epilogue that cannot be inlined stays a parallel loop nest of its own;
-- producers (padding, packing, unpacking sub-byte weights) stay whole, each a parallel loop nest with a
-  plain innermost loop for LLVM to vectorise: inlining them into the kernel would redo them
-  once per output channel.
+  to memory. An epilogue that reads a table the function computes (the bipolar conv's
+  `bitserial_border`, which reverse_compute_inline refuses) is tiled itself, and the kernel
+  and its write-back, into a tile-sized local buffer, are computed at each of its tiles; any
+  other epilogue that cannot be inlined stays a parallel loop nest of its own;
+- producers (padding, packing, unpacking sub-byte weights, tables of the weights) stay whole,
+  each a parallel loop nest with a plain innermost loop for LLVM to vectorise (a reduction
+  whose innermost output axis is channels, e.g. the weights' popcounts, is vectorised along
+  them): inlining them into the kernel would redo them once per output channel.
 
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize, a layout transpose) inlined into the packing and its loops
@@ -53,6 +57,7 @@ from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
 PACKS = ("bitpack", "subbyte_pack")
+TABLES = ("bitserial_weight_popcount", "bitserial_border")  # per-call tables of the weights
 LANES = BLOCK  # int32 accumulators per vector; the sub-byte weights come blocked by it
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
 MAX_PIXELS = 8  # LLVM can take minutes to allocate registers for much larger unrolled tiles
@@ -155,15 +160,16 @@ def _lane_reduction(sch: s_tir.Schedule, block) -> bool:
     return extent.value % LANES == 0
 
 
-def _reduce_in_lanes(sch: s_tir.Schedule, block) -> bool:
+def _reduce_in_lanes(sch: s_tir.Schedule, block, parallel: bool = True) -> bool:
     """Run a `_lane_reduction` block with its reduction loops outside its innermost output axis,
-    LANES of it at a time in a vector, and its leading loops in parallel. False (untouched) if
-    not such a block."""
+    LANES of it at a time in a vector, and its leading loops in parallel (unless not
+    `parallel`). False (untouched) if not such a block."""
     if not _lane_reduction(sch, block):
         return False
     loops = sch.get_loops(block)
     spatial = _spatial_loop_count(sch, block)
-    _parallelize(sch, block, keep_inner=True)
+    if parallel:
+        _parallelize(sch, block, keep_inner=True)
     *_, channel_loop = sch.get_loops(block)[: -(len(loops) - spatial)]
     reduction = sch.get_loops(block)[-(len(loops) - spatial):]
     vectors, lane = sch.split(channel_loop, factors=[None, LANES])
@@ -200,8 +206,6 @@ def _tile_transpose(sch: s_tir.Schedule, block) -> bool:
 def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Target, tunable: bool) -> None:
     kernel = blocks[index]
     name = sch.get(kernel).name_hint
-    for producer in blocks[:index]:
-        _parallelize(sch, producer, keep_inner=True)
     spatial = _spatial_loop_count(sch, kernel)
     out_channel = sch.get(kernel).iter_vars[spatial - 1]
     lanes = min(LANES, int(out_channel.dom.extent))
@@ -214,14 +218,27 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
             kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
         )
         _parallelize(sch, copy)
+    for producer in blocks[:index]:  # after the weight copy, which tables of the weights then read
+        if sch.get(producer).name_hint in TABLES:
+            _vectorize_table(sch, producer)
+        elif not _reduce_in_lanes(sch, producer):
+            _parallelize(sch, producer, keep_inner=True)
     write_back = sch.cache_write(kernel, 0, "local")
+    stranded = []
     for epilogue in blocks[index + 1 :]:
         try:
             sch.reverse_compute_inline(epilogue)
         except s_tir.ScheduleError:
-            _parallelize(sch, epilogue)
+            stranded.append(epilogue)
     dot = name.startswith("subbyte")
     tensorize = dot and int(out_channel.dom.extent) % BLOCK == 0 and _vnni_operands(sch, kernel, target)
+    if "conv2d" in name and stranded and not dot and _reads_write_back(sch, stranded[0], write_back):
+        _tile_conv_at_epilogue(sch, kernel, write_back, stranded[0], lanes, accumulator_vectors(target), tunable)
+        for epilogue in stranded[1:]:
+            _parallelize(sch, epilogue)
+        return
+    for epilogue in stranded:
+        _parallelize(sch, epilogue)
     if "conv2d" in name:
         _tile_conv(sch, kernel, write_back, lanes, accumulator_vectors(target), tunable, dot, tensorize)
         return
@@ -235,6 +252,22 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
     _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
+
+
+def _vectorize_table(sch: s_tir.Schedule, block) -> None:
+    """A small table of the weights, channels innermost (`TABLES`): LANES channels at a time in a
+    vector, serially (a few thousand vector operations, cheaper than waking the thread pool)."""
+    if _reduce_in_lanes(sch, block, parallel=False):
+        return
+    loops = sch.get_loops(block)
+    extent = sch.get(loops[-1]).extent
+    if _spatial_loop_count(sch, block) == len(loops) and isinstance(extent, tirx.IntImm) and extent.value % LANES == 0:
+        sch.vectorize(sch.split(loops[-1], factors=[None, LANES])[1])
+
+
+def _reads_write_back(sch: s_tir.Schedule, block, write_back) -> bool:
+    written = sch.get(write_back).writes[0].source
+    return any(read.source.same_as(written) for read in sch.get(block).reads)
 
 
 def _split_dot(sch: s_tir.Schedule, reduction: list) -> list:
@@ -281,6 +314,45 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     """Register tile of ROWS × PIXELS × GROUPS vectors of `lanes` accumulators, at most `budget`
     vectors (see the module docstring)."""
     n, y, x, channel, *reduction = sch.get_loops(kernel)
+    outer, group, lane, y_outer, row, x_outer, pixel = _split_tile(sch, channel, y, x, lanes, budget, tunable)
+    inner = _split_dot(sch, reduction) if dot else []
+    # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
+    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *_lane_order(lane, inner, tensorize))
+    parallel = sch.fuse(outer, n, y_outer, x_outer)
+    sch.parallel(parallel)
+    sch.reverse_compute_at(write_back, parallel)
+    _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
+    for loop in (row, pixel, group):
+        sch.unroll(loop)
+
+
+def _tile_conv_at_epilogue(sch: s_tir.Schedule, kernel, write_back, epilogue, lanes: int, budget: int,
+                           tunable: bool) -> None:
+    """`_tile_conv` for a kernel whose epilogue reads a table the function computes (the
+    bit-serial `bitserial_border`), which reverse_compute_inline refuses: the epilogue's own
+    loops are tiled and run in parallel, and the kernel (the same register tile) and its
+    write-back, into a tile-sized local buffer, are computed at each of its tiles."""
+    n, y, x, channel = sch.get_loops(epilogue)
+    outer, group, lane, y_outer, row, x_outer, pixel = _split_tile(sch, channel, y, x, lanes, budget, tunable)
+    sch.reorder(outer, n, y_outer, x_outer, row, pixel, group, lane)
+    parallel = sch.fuse(outer, n, y_outer, x_outer)
+    sch.parallel(parallel)
+    sch.vectorize(lane)
+    sch.compute_at(write_back, parallel, preserve_unit_loops=True)
+    sch.compute_at(kernel, parallel, preserve_unit_loops=True)
+    sch.set_scope(write_back, 0, "local")
+    _, n, y, x, channel, *reduction = sch.get_loops(kernel)
+    group, lane = sch.split(channel, factors=[None, lanes])
+    sch.reorder(*reduction, n, y, x, group, lane)
+    _finish(sch, kernel, reduction, lane, [], False, tunable)
+    for loop in (n, y, x, group):
+        sch.unroll(loop)
+
+
+def _split_tile(sch: s_tir.Schedule, channel, y, x, lanes: int, budget: int, tunable: bool) -> tuple:
+    """Split the output channel, row and column loops into the register tile (its sizes
+    `_register_tile`'s, or sampled around them with `tunable`): (channel blocks, groups, lanes,
+    row blocks, rows, column blocks, columns)."""
     vectors, lane = sch.split(channel, factors=[None, lanes])
     extents = [int(sch.get(loop).extent) for loop in (vectors, y, x)]
     groups, rows, pixels = _register_tile(*extents, budget)
@@ -292,15 +364,7 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     outer, group = sch.split(vectors, factors=[None, groups])
     y_outer, row = sch.split(y, factors=[None, rows])
     x_outer, pixel = sch.split(x, factors=[None, pixels])
-    inner = _split_dot(sch, reduction) if dot else []
-    # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
-    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *_lane_order(lane, inner, tensorize))
-    parallel = sch.fuse(outer, n, y_outer, x_outer)
-    sch.parallel(parallel)
-    sch.reverse_compute_at(write_back, parallel)
-    _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
-    for loop in (row, pixel, group):
-        sch.unroll(loop)
+    return outer, group, lane, y_outer, row, x_outer, pixel
 
 
 def _register_tile(vectors: int, height: int, width: int, budget: int) -> tuple[int, int, int]:

@@ -13,6 +13,7 @@ from tvm.s_tir import dlight
 
 from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
+from tvmbits.ops import bitserial_conv2d as bitserial_conv2d_module
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
 from tvmbits.ops.bitserial_dense import bitserial_dense
 from tvmbits.ops.encoding import Encoding
@@ -114,7 +115,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("kernel, act, wgt", CASES, ids=lambda v: str(getattr(v, "kind", v)))
-def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt):
+def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt, monkeypatch):
+    monkeypatch.setattr(bitserial_conv2d_module, "MIN_PIXELS_FOR_BORDER_TABLE", 0)  # a 4×5 output
     a_shape, conv_args = (2, 7, 6, 37), ((2, 1), (1, 0, 2, 1))
     rng = np.random.default_rng(1)
     a, w = random_codes(rng, act, a_shape), random_codes(rng, wgt, (8, 3, 3, 37))
@@ -124,12 +126,20 @@ def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt):
     scheduled = schedule(mod, X86)
     name = f"fused_{kernel}_conv2d_cast_multiply_add_greater"
     assert scheduled[name].attrs["tirx.is_scheduled"]
-    # the int32 accumulation never reaches memory: the only local buffer is the accumulator; the
-    # global ones are the weights regrouped by output-channel group (bit-serial), or the padded
-    # input and the weights unpacked from 2- or 4-bit fields (sub-byte)
-    buffers = [(b.scope(), str(b.dtype)) for b in scheduled[name].body.block.alloc_buffers]
-    assert [dtype for scope, dtype in buffers if scope == "local"] == ["int32"]
-    assert {dtype for scope, dtype in buffers if scope == "global"} == ({"uint32"} if kernel == "bitserial" else {"uint8", "int8"})
+    # the int32 accumulation never reaches memory: the local buffers are the accumulators (and,
+    # where the epilogue reads a border table, the register tile written back for it); the
+    # global ones are the weights regrouped by output-channel group and the zero-padded input
+    # (bit-serial; bipolar × bipolar adds two tables of O entries per border class and tap), or
+    # the padded input and the weights unpacked from 2- or 4-bit fields (sub-byte)
+    func = scheduled[name]
+    buffers = [(b.scope(), str(b.dtype), [int(d) for d in b.shape]) for b in func.body.block.alloc_buffers]
+    assert {dtype for scope, dtype, _ in buffers if scope == "local"} == {"int32"}
+    border = kernel == "bitserial" and act.kind == wgt.kind == "bipolar"
+    assert sum(scope == "local" for scope, *_ in buffers) == (2 if border else 1)
+    tables = [shape for scope, dtype, shape in buffers if scope == "global" and dtype == "int32"]
+    assert tables == ([[3, 3, 8], [3, 2, 8]] if border else [])  # [KH, KW, O], [row/column classes, O]
+    others = {dtype for scope, dtype, _ in buffers if scope == "global" and dtype != "int32"}
+    assert others == ({"uint32"} if kernel == "bitserial" else {"uint8", "int8"})
     acc = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), *conv_args).astype(np.float32)
     expected = acc * scale + bias > 0
     np.testing.assert_array_equal(run(scheduled, a, act), expected)

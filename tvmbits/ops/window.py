@@ -1,7 +1,14 @@
 """The sliding window of an NHWC conv2d: output size and which input pixel each tap reads.
 
 Padding is explicit `(top, left, bottom, right)`, any non-negative values; padded taps are not
-read at all, so they contribute 0 to the sum whatever the operands' encoding.
+read at all, so they contribute 0 to the sum whatever the operands' encoding (`tap`), or read
+an input padded with zeros whose contribution the kernel knows (`padded`, `border_class`).
+
+Border classes: along one axis, the outputs whose taps all lie inside the input (the interior,
+a contiguous range `interior`) form one class, and every output before or after it is a class
+of its own; all outputs of a class have the same taps inside the input. A per-class table
+(`class_count` rows, `class_member` names one output of each) then holds whatever depends only
+on which taps are inside, and an output reads it at `border_class`.
 """
 
 from dataclasses import dataclass
@@ -53,6 +60,42 @@ class Window:
         first = tirx.max(0, -start)
         last = tirx.min(kernel, size - start)
         return tirx.max(last - first, 0).astype("int32")
+
+    def padded(self) -> "Window":
+        """The same window over the input padded explicitly: the same outputs, no padding."""
+        (height, width), (top, left, bottom, right) = self.in_size, self.padding
+        return Window((height + top + bottom, width + left + right), self.kernel, self.strides, (0, 0, 0, 0))
+
+    def interior(self, axis: int) -> tuple[int, int]:
+        """[first, stop) of the outputs along `axis` (0 rows, 1 columns) whose taps all lie inside
+        the input; (size, size) when there is none."""
+        size, out = self.in_size[axis], self.out_size[axis]
+        stride, kernel, before = self.strides[axis], self.kernel[axis], self.padding[axis]
+        inside = [i for i in range(out) if i * stride - before >= 0 and i * stride - before + kernel <= size]
+        return (inside[0], inside[-1] + 1) if inside else (out, out)
+
+    def class_count(self, axis: int) -> int:
+        first, stop = self.interior(axis)
+        if first == stop:  # no interior: every output is a class of its own
+            return self.out_size[axis]
+        return first + 1 + self.out_size[axis] - stop
+
+    def border_class(self, out_index, axis: int) -> Expr:
+        """The border class of output `out_index` along `axis`: the outputs before the interior
+        are 0, 1, ..., the interior is one class, the outputs after it follow."""
+        first, stop = self.interior(axis)
+        return tirx.min(out_index, first) + tirx.max(out_index - stop + 1, 0)
+
+    def class_member(self, border_class, axis: int) -> Expr:
+        """An output of `border_class` along `axis` (the inverse of `border_class` on the borders,
+        the interior's first output for the interior)."""
+        first, stop = self.interior(axis)
+        return border_class + (border_class > first).astype("int32") * (stop - first - 1)
+
+    def tap_inside(self, out_index, tap, axis: int) -> Expr:
+        """Whether output `out_index` reads inside the input at `tap` along `axis`."""
+        index = out_index * self.strides[axis] + tap - self.padding[axis]
+        return tirx.all(index >= 0, index < self.in_size[axis])
 
     def tap(self, y, x, ky, kx) -> tuple[Expr, Expr, Expr | None]:
         """Input row and column read by output (y, x) at kernel tap (ky, kx), and the condition
