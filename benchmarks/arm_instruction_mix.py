@@ -23,8 +23,7 @@ import numpy as np
 import onnx
 
 from layers import LAYERS, float_conv
-from tvmbits.artifact import open_artifact
-from tvmbits.compiler import CompileOptions, compile_model
+import tvmbits
 
 OBJDUMP = {"arm64": "aarch64-linux-gnu-objdump", "armv7": "arm-linux-gnueabihf-objdump"}
 XOR = {"arm64": r"^eor\s+v\d+", "armv7": r"^veor\s+[qd]\d+"}
@@ -78,8 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(float_conv(layer, np.random.default_rng(0), "Sign"), f"{tmp}/layer.onnx")
         for target in ("arm64", "armv7"):
-            compile_model(f"{tmp}/layer.onnx", f"{tmp}/{target}.tar", CompileOptions(target=target))
-            art = open_artifact(f"{tmp}/{target}.tar")  # its library lives as long as `art`
+            art = tvmbits.compile(f"{tmp}/layer.onnx", target)  # its library lives as long as `art`
             loop, bits = hot_loop(kernel_lines(OBJDUMP[target], art.library), target)
             if not bits:
                 sys.exit(f"{target}: no loop with a vector popcount in the kernel")

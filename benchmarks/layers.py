@@ -34,9 +34,6 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 import tvmbits
-from tvmbits import runtime
-from tvmbits.artifact import open_artifact
-from tvmbits.compiler import CompileOptions, compile_model
 from tvmbits.tuning_log import cpu_model
 
 # (input size, in channels, out channels, stride) of ResNet-18's distinct 3×3 convs
@@ -118,18 +115,11 @@ def time_ort(model: onnx.ModelProto, x: np.ndarray, repeat: int) -> float:
 
 def time_tvmbits(model: onnx.ModelProto, x: np.ndarray, repeat: int, wbits=None, abits=None) -> tuple[float, float, dict]:
     """(layer ms, conv kernel alone ms, layer plan) of the compiled one-layer model."""
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx.save(model, f"{tmp}/m.onnx")
-        options = CompileOptions(wbits=wbits, abits=abits, all_layers=wbits is not None)
-        meta = compile_model(f"{tmp}/m.onnx", f"{tmp}/m.tar", options)
-        art = open_artifact(f"{tmp}/m.tar")
-        session = runtime.Session.open()
-        loaded = session.load(art.library)
-        runtime.run(session, loaded, [x])
-        times = runtime.time(session, loaded, [x], number=1, repeat=repeat)
-        rows = runtime.profile(session, loaded, [x], runs=repeat)
+    compiled = tvmbits.load(tvmbits.compile(model, "x86_64", wbits=wbits, abits=abits, all_layers=wbits is not None))
+    layer_ms = compiled.benchmark(repeat, {"input": x})["median"]
+    rows = compiled.profile({"input": x}, runs=repeat)
     kernel = next(row["ms"] for row in rows if "_conv2d" in row["name"])
-    return float(np.median(times)), kernel, meta["layers"][0]
+    return layer_ms, kernel, compiled.metadata["layers"][0]
 
 
 def peak(source_name: str, runs: int = 3) -> dict[str, float]:

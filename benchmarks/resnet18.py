@@ -27,9 +27,6 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 import tvmbits
 from layers import time_ort, write_report
-from tvmbits import runtime
-from tvmbits.artifact import open_artifact
-from tvmbits.compiler import CompileOptions, compile_model
 from tvmbits.tuning_log import cpu_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
@@ -46,7 +43,7 @@ PHASES = [
 
 
 def phases(rows: list[dict]) -> list[tuple[str, float, list[str]]]:
-    """(phase, ms, its three largest kernels) of a per-kernel profile (`runtime.profile`)."""
+    """(phase, ms, its three largest kernels) of a per-kernel profile (`Model.profile`)."""
     split = {name: [] for name, _ in PHASES}
     for row in rows:
         phase = next(name for name, fragments in PHASES if any(f in row["name"] for f in fragments))
@@ -128,13 +125,10 @@ def main() -> None:
         ort_fp32 = time_ort(fp32, x, args.repeat)
         ort_int8 = time_ort(onnx.load(int8_path), x, args.repeat)
         onnx.save(build_model(224), f"{tmp}/bireal.onnx")
-        meta = compile_model(f"{tmp}/bireal.onnx", f"{tmp}/bireal.tar", CompileOptions(target="x86_64"))
-        art = open_artifact(f"{tmp}/bireal.tar")
-        session = runtime.Session.open()
-        loaded = session.load(art.library)
-        runtime.run(session, loaded, [x])
-        ours = float(np.median(runtime.time(session, loaded, [x], number=1, repeat=args.repeat)))
-        split = phases(runtime.profile(session, loaded, [x], runs=args.repeat))
+        compiled = tvmbits.load(tvmbits.compile(f"{tmp}/bireal.onnx", "x86_64"))
+        meta = compiled.metadata
+        ours = compiled.benchmark(args.repeat, {"input": x})["median"]
+        split = phases(compiled.profile({"input": x}, runs=args.repeat))
     lowbit = [layer for layer in meta["layers"] if layer["kernel"] != "float"]
     float_bytes = sum(layer["weight_bytes_float"] for layer in lowbit)
     packed_bytes = sum(layer["weight_bytes_packed"] for layer in lowbit)
@@ -153,7 +147,7 @@ def main() -> None:
         f"Weights of the {len(lowbit)} binarized layers: {float_bytes} B as float32, {packed_bytes} B packed "
         f"({float_bytes / packed_bytes:.1f}× fewer).",
         "",
-        "Where tvmbits' time goes (`runtime.profile`, medians per kernel summed by phase; the kernels "
+        "Where tvmbits' time goes (`Model.profile`, medians per kernel summed by phase; the kernels "
         "run one after another, so the phases add up to about the whole run):",
         "",
         "| phase | ms | share | largest kernels (ms) |",
