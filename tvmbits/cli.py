@@ -102,7 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", help="the board key to register under (with --tracker)")
     serve.set_defaults(handler=_board_serve)
     emulate = board_commands.add_parser("emulate", help="run an emulated board on this machine (qemu-user, root)")
-    emulate.add_argument("arch", help="arm64")
+    emulate.add_argument("arch", metavar="profile", help="an Arm board profile: arm64, rpi3, rpi4, rpi5 or a .toml")
     emulate.add_argument("--port", type=int, default=9090, help="port on 127.0.0.1 to serve TVM RPC on")
     emulate.set_defaults(handler=_board_emulate)
     return parser
