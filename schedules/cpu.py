@@ -18,9 +18,11 @@ after it. Output channels are split into vectors of `LANES`:
   the reduction loops run, and within each reduction step the tile is unrolled with the lanes
   vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
   vector is loaded once per ROWS × PIXELS pixels;
-- sub-byte kernels: the input channels are split by DOT (4) inside the lanes, and on a CPU with
-  AVX512-VNNI each lane × DOT step is tensorized into one `vpdpbusd` (`vnni.py`); elsewhere
-  the DOT products are unrolled and the lanes vectorised;
+- sub-byte kernels: the input channels are split by DOT (4) inside the lanes, and each lane × DOT
+  step is tensorized into one `vpdpbusd` on a CPU with AVX512-VNNI (`vnni.py`), four `sdot` on
+  an AArch64 CPU with the dot product, two `smull`, an `addp` and an `sadalp` per 4 channels on
+  other AArch64 CPUs (`arm_dot.py`, activations below 128); elsewhere the DOT products are
+  unrolled and the lanes vectorised;
 - dense: the weights are copied the same way (a float matmul's `[K, O]` weight, already
   channel-contiguous, is read as it is); the batch and the channel vectors are fused into one
   parallel loop, the reduction runs inside it and the lanes are vectorised;
@@ -48,7 +50,8 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from tvmbits.ops.subbyte import BLOCK, DOT
+from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT
+from tvmbits.schedules.arm_dot import arm_intrinsic
 from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
@@ -221,7 +224,7 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
         except s_tir.ScheduleError:
             _parallelize(sch, epilogue)
     dot = name.startswith("subbyte")
-    tensorize = dot and int(out_channel.dom.extent) % BLOCK == 0 and _vnni_operands(sch, kernel, target)
+    tensorize = dot and int(out_channel.dom.extent) % BLOCK == 0 and _dot_intrinsic(sch, kernel, target)
     if "conv2d" in name:
         _tile_conv(sch, kernel, write_back, lanes, accumulator_vectors(target), tunable, dot, tensorize)
         return
@@ -257,7 +260,7 @@ def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, ten
     if tensorize:
         init = sch.decompose_reduction(kernel, reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(lane, DOT_16x4)  # replaces lane and inner
+        sch.tensorize(lane, tensorize)  # replaces lane and inner
     else:
         sch.vectorize(lane)  # before decompose_reduction, which needs the init to move first
         sch.decompose_reduction(kernel, reduction[0])
@@ -270,10 +273,18 @@ def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, ten
         _unroll(sch, reduction[-1])
 
 
-def _vnni_operands(sch: s_tir.Schedule, kernel, target: Target) -> bool:
-    """Whether `target` has VNNI and the kernel multiplies uint8 data by int8 weights."""
-    dtypes = sorted(str(read.source.dtype) for read in sch.get(kernel).reads if str(read.source.dtype) != "int32")
-    return has_vnni(target) and dtypes == ["int8", "uint8"]
+def _dot_intrinsic(sch: s_tir.Schedule, kernel, target: Target) -> str | None:
+    """The tensor intrinsic of the kernel's DOT_16x4 steps on `target`, or None: VNNI where the
+    kernel multiplies uint8 data by int8 weights, the AArch64 ones (`arm_dot.arm_intrinsic`)."""
+    stmt = sch.get(kernel)
+    dtypes = [str(read.source.dtype) for read in stmt.reads if str(read.source.dtype) != "int32"]
+    if len(dtypes) != 2 or "uint8" not in dtypes:
+        return None
+    weight = dtypes[1] if dtypes[0] == "uint8" else dtypes[0]
+    if has_vnni(target):
+        return DOT_16x4 if weight == "int8" else None
+    data_max = stmt.annotations.get(DATA_MAX)
+    return arm_intrinsic(target, "uint8", weight, None if data_max is None else int(data_max))
 
 
 def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int, tunable: bool, dot: bool,
