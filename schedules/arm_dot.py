@@ -11,11 +11,13 @@ hold the block as four 128-bit vectors of 4 channels × 4 inputs; the activation
   MACs each). `UDOT_16x4`, for uint8 weights (unsigned 8-bit), four `udot`.
 - `NEON_16x4` (every Armv8 NEON core, Cortex-A53/A72): per 4 channels two `smull` (int8 × int8 →
   int16), an `addp` (pairs of products, int16) and an `sadalp` (pairs into the int32
-  accumulators).
+  accumulators). `NEON_BYTES_16x4`, where every product fits int8 (≤ 4-bit operands: at most
+  15 · 8): per 4 channels one `mul` of 16 bytes, an `saddlp` (pairs, int16) and an `sadalp`.
 
 `sdot` and `smull` read the activation bytes as int8, and `addp` sums two products in int16:
 both are exact only for activations below 128 (the kernel's `DATA_MAX` annotation says so)
-and int8 weights, where |a·w| ≤ 127·128 = 16256 and two of them fit int16.
+and int8 weights, where |a·w| ≤ 127·128 = 16256 and two of them fit int16; `NEON_BYTES_16x4`
+only where DATA_MAX · WEIGHT_MAX ≤ 127.
 """
 
 from tvm.s_tir import TensorIntrin
@@ -28,7 +30,13 @@ from tvmbits.schedules.vnni import _description
 SDOT_16x4 = "tvmbits_arm_sdot_16x4"
 UDOT_16x4 = "tvmbits_arm_udot_16x4"
 NEON_16x4 = "tvmbits_arm_neon_16x4"
+NEON_BYTES_16x4 = "tvmbits_arm_neon_bytes_16x4"
 INT8_DATA_MAX = 127  # the largest activation byte the int8 instructions read exactly
+ARM_INTRINSICS = (SDOT_16x4, UDOT_16x4, NEON_16x4, NEON_BYTES_16x4)
+# 16-lane accumulator vectors (4 registers each) of a conv register tile, of AArch64's 32 vector
+# registers: SDOT needs besides them the 4 registers of one weight block and an activation, the
+# NEON schedule also its products and pair sums
+TILE_BUDGET = {SDOT_16x4: 6, UDOT_16x4: 6, NEON_16x4: 4, NEON_BYTES_16x4: 4}
 
 
 def _dot_impl(instruction: str, weight: str):
@@ -105,9 +113,37 @@ def _neon_widening(
             )
 
 
+@T.prim_func(s_tir=True)
+def _neon_bytes(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for q in T.unroll(4):
+            # 16 products of channels 4q … 4q+3 × 4 inputs, each in a byte (|a·w| ≤ 127)
+            products = B.vload([q * 4, 0], dtype="int8x16") * T.reinterpret(
+                T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 4), dtype="int8x16"
+            )
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v8i16.v16i8"), products, dtype="int16x8"
+            )
+            C[T.ramp(q * 4, 1, 4)] = C.vload([q * 4], dtype="int32x4") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), pairs, dtype="int32x4"
+            )
+
+
 TensorIntrin.register(SDOT_16x4, _description, _dot_impl("sdot.v4i32.v16i8", "int8"))
 TensorIntrin.register(UDOT_16x4, _description_of("uint8"), _dot_impl("udot.v4i32.v16i8", "uint8"))
 TensorIntrin.register(NEON_16x4, _description, _neon_widening)
+TensorIntrin.register(NEON_BYTES_16x4, _description, _neon_bytes)
+
+
+def arm_tile_budget(intrinsic: str) -> int:
+    """Accumulator vectors of a conv register tile tensorized with `intrinsic`."""
+    return TILE_BUDGET[intrinsic]
 
 
 def is_aarch64(target: Target) -> bool:
@@ -120,10 +156,11 @@ def has_dotprod(target: Target) -> bool:
     return is_aarch64(target) and target_has_features("dotprod", target)
 
 
-def arm_intrinsic(target: Target, data: str, weight: str, data_max: int | None) -> str | None:
+def arm_intrinsic(target: Target, data: str, weight: str, data_max: int | None,
+                  weight_max: int | None = None) -> str | None:
     """The tensor intrinsic for a sub-byte kernel on an AArch64 `target`, reading `data` bytes up
-    to `data_max` and `weight` bytes (dtypes); None where none is exact (activations of 128 and
-    more, or not AArch64)."""
+    to `data_max` and `weight` bytes (dtypes) of magnitude up to `weight_max`; None where none is
+    exact (activations of 128 and more, or not AArch64)."""
     if not is_aarch64(target) or data != "uint8":
         return None
     dot = has_dotprod(target)
@@ -131,4 +168,7 @@ def arm_intrinsic(target: Target, data: str, weight: str, data_max: int | None) 
         return UDOT_16x4 if dot else None
     if weight != "int8" or data_max is None or data_max > INT8_DATA_MAX:
         return None
-    return SDOT_16x4 if dot else NEON_16x4
+    if dot:
+        return SDOT_16x4
+    small = weight_max is not None and data_max * weight_max <= INT8_DATA_MAX
+    return NEON_BYTES_16x4 if small else NEON_16x4

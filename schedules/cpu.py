@@ -21,7 +21,9 @@ after it. Output channels are split into vectors of `LANES`:
 - sub-byte kernels: the input channels are split by DOT (4) inside the lanes, and each lane × DOT
   step is tensorized into one `vpdpbusd` on a CPU with AVX512-VNNI (`vnni.py`), four `sdot` on
   an AArch64 CPU with the dot product, two `smull`, an `addp` and an `sadalp` per 4 channels on
-  other AArch64 CPUs (`arm_dot.py`, activations below 128); elsewhere the DOT products are
+  other AArch64 CPUs (a byte `mul`, an `saddlp` and an `sadalp` where products fit a byte;
+  `arm_dot.py`, activations below 128); the Arm tiles favour pixels over channel vectors, so one
+  weight block (4 registers) feeds several pixels; elsewhere the DOT products are
   unrolled and the lanes vectorised;
 - dense: the weights are copied the same way (a float matmul's `[K, O]` weight, already
   channel-contiguous, is read as it is); the batch and the channel vectors are fused into one
@@ -50,8 +52,8 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT
-from tvmbits.schedules.arm_dot import arm_intrinsic
+from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT, WEIGHT_MAX
+from tvmbits.schedules.arm_dot import ARM_INTRINSICS, arm_intrinsic, arm_tile_budget
 from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
@@ -283,8 +285,9 @@ def _dot_intrinsic(sch: s_tir.Schedule, kernel, target: Target) -> str | None:
     weight = dtypes[1] if dtypes[0] == "uint8" else dtypes[0]
     if has_vnni(target):
         return DOT_16x4 if weight == "int8" else None
-    data_max = stmt.annotations.get(DATA_MAX)
-    return arm_intrinsic(target, "uint8", weight, None if data_max is None else int(data_max))
+    data_max, weight_max = (stmt.annotations.get(key) for key in (DATA_MAX, WEIGHT_MAX))
+    return arm_intrinsic(target, "uint8", weight, None if data_max is None else int(data_max),
+                         None if weight_max is None else int(weight_max))
 
 
 def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int, tunable: bool, dot: bool,
@@ -294,7 +297,10 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     n, y, x, channel, *reduction = sch.get_loops(kernel)
     vectors, lane = sch.split(channel, factors=[None, lanes])
     extents = [int(sch.get(loop).extent) for loop in (vectors, y, x)]
-    groups, rows, pixels = _register_tile(*extents, budget)
+    arm = tensorize in ARM_INTRINSICS  # each weight vector is 4 registers: reuse it across pixels
+    if arm:
+        budget = arm_tile_budget(tensorize)
+    groups, rows, pixels = _register_tile(*extents, budget, prefer_groups=not arm)
     if tunable:  # around the default: up to GROUPS vectors, its rows or one, up to 4 columns
         groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))[1]
         columns = min(MAX_PIXELS // rows, TUNED_COLUMNS, budget)
@@ -314,7 +320,8 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
         sch.unroll(loop)
 
 
-def _register_tile(vectors: int, height: int, width: int, budget: int) -> tuple[int, int, int]:
+def _register_tile(vectors: int, height: int, width: int, budget: int, prefer_groups: bool = True
+                   ) -> tuple[int, int, int]:
     """(GROUPS, ROWS, PIXELS): divisors of the channel vectors (≤ GROUPS), output rows and
     output columns, ROWS·PIXELS ≤ MAX_PIXELS, with the most accumulators within `budget`; on a
     tie the one with more GROUPS (each activation word broadcast once feeds them all; on AArch64
@@ -331,6 +338,8 @@ def _register_tile(vectors: int, height: int, width: int, budget: int) -> tuple[
         for p in divisors(width, MAX_PIXELS // r)
         if g * r * p <= budget
     ]
+    if not prefer_groups:  # the Arm dot-product tiles: the fewest groups, each weight load feeding most pixels
+        return max(tiles, key=lambda t: (t[0] * t[1] * t[2], -t[0], -t[1]))
     return max(tiles, key=lambda t: (t[0] * t[1] * t[2], t[0], -t[1]))
 
 

@@ -32,7 +32,7 @@ def folder(tmp_path_factory):
 def model(folder):
     """tiny_bnn compiled for this machine, and an input file for it."""
     onnx.save(tiny_bnn(), folder / "bnn.onnx")
-    assert main(["compile", str(folder / "bnn.onnx"), "--target", "x86_64", "-o", str(folder / "bnn.tar")]) == 0
+    assert main(["compile", str(folder / "bnn.onnx"), "--target", "host", "-o", str(folder / "bnn.tar")]) == 0
     np.save(folder / "x.npy", dyadic_input((1, 3, 9, 9)))
     return folder / "bnn.tar", folder / "x.npy"
 

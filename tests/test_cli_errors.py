@@ -32,7 +32,7 @@ def bnn_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bnn_tar(bnn_file):
     out = bnn_file.with_suffix(".tar")
-    assert main(["compile", str(bnn_file), "--target", "x86_64", "-o", str(out)]) == 0
+    assert main(["compile", str(bnn_file), "--target", "host", "-o", str(out)]) == 0
     return out
 
 

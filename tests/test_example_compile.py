@@ -24,7 +24,7 @@ def test_example_equals_onnxruntime(tmp_path):
     model.graph.output.append(helper.make_tensor_value_info(LAST_RESIDUAL, TensorProto.FLOAT, [1, 512, 7, 7]))
     path = tmp_path / "bireal.onnx"
     onnx.save(model, path)
-    meta = compile_model(path, tmp_path / "bireal.tar", CompileOptions(target="x86_64"))
+    meta = compile_model(path, tmp_path / "bireal.tar", CompileOptions(target="host"))
     kernels = [layer["kernel"] for layer in meta["layers"]]
     assert kernels.count("bitserial") == 16 and kernels.count("float") == 5
     x = make_input(224, seed=1)

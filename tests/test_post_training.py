@@ -13,16 +13,16 @@ from tvmbits.passes.assign_bits import assign_bits
 from tvmbits.passes.calibrate import calibrate
 from tvmbits.passes.layers import find_layers
 from tvmbits.passes.pipeline import to_nhwc
-from tvmbits.schedules.vnni import has_vnni
+from tvmbits.schedules.byte_dot import byte_dot
 from tvmbits.targets import profile
 
 
 def plans_for(model, wbits, abits, samples, all_layers=True):
     imported = onnx_frontend.import_model(model, "model")
-    target = profile.load("x86_64").tvm_target()
+    target = profile.load("host").tvm_target()
     mod = to_nhwc(imported.mod, target)
     layers = find_layers(mod["main"], imported.layer_names)
-    plans = assign_bits(layers, wbits, abits, all_layers, byte_dot=has_vnni(target))
+    plans = assign_bits(layers, wbits, abits, all_layers, byte_dot=byte_dot(target))
     calibrate(mod, plans, [[s] for s in samples])
     return {plan.name: plan for plan in plans}
 
