@@ -24,7 +24,7 @@ from tvmbits.passes.calibrate import calibrate, needs_calibration
 from tvmbits.passes.layers import find_layers
 from tvmbits.passes.lower_lowbit import lower_lowbit
 from tvmbits.passes.pipeline import lower_pipeline, schedule, to_nhwc
-from tvmbits.schedules.vnni import has_vnni
+from tvmbits.schedules.byte_dot import byte_dot
 from tvmbits.targets import profile as profiles
 
 RANDOM_CALIBRATION_SAMPLES = 4
@@ -71,7 +71,7 @@ def lower_model(
     mod = to_nhwc(imported.mod, target)
     layers = find_layers(mod["main"], imported.layer_names)
     plans = assign_bits(
-        layers, options.wbits, options.abits, options.all_layers, options.kernel, imported.facts, has_vnni(target)
+        layers, options.wbits, options.abits, options.all_layers, options.kernel, imported.facts, byte_dot(target)
     )
     if needs_calibration(plans):
         samples = _calibration_samples(imported, options.calibrate, log)
