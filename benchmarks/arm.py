@@ -110,7 +110,8 @@ def build_items(root: Path, folder: Path, picked: list, resnet: bool, log) -> tu
         for _, profile in CPUS:
             started = time.monotonic()
             compile_model(folder / "bireal.onnx", folder / f"bireal.{profile}.tar", CompileOptions(target=profile))
-            shutil.copy(open_artifact(folder / f"bireal.{profile}.tar").library, folder / f"bireal.{profile}.so")
+            art = open_artifact(folder / f"bireal.{profile}.tar")  # its library lives as long as `art`
+            shutil.copy(art.library, folder / f"bireal.{profile}.so")
             log(f"built the binarized ResNet-18 for {profile} ({time.monotonic() - started:.0f} s)")
             items[profile].append({"name": "bireal", "kind": "tvm", "path": f"{inside}/bireal.{profile}.so",
                                    "input": f"{inside}/r18.x.npy"})

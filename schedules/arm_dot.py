@@ -28,15 +28,16 @@ from tvm.target.codegen import target_has_features
 from tvmbits.schedules.vnni import _description
 
 SDOT_16x4 = "tvmbits_arm_sdot_16x4"
+SDOT_16x16 = "tvmbits_arm_sdot_16x16"  # four SDOT_16x4 steps, 16 input channels: one activation load
 UDOT_16x4 = "tvmbits_arm_udot_16x4"
 NEON_16x4 = "tvmbits_arm_neon_16x4"
 NEON_BYTES_16x4 = "tvmbits_arm_neon_bytes_16x4"
 INT8_DATA_MAX = 127  # the largest activation byte the int8 instructions read exactly
-ARM_INTRINSICS = (SDOT_16x4, UDOT_16x4, NEON_16x4, NEON_BYTES_16x4)
+ARM_INTRINSICS = (SDOT_16x16, SDOT_16x4, UDOT_16x4, NEON_16x4, NEON_BYTES_16x4)
 # 16-lane accumulator vectors (4 registers each) of a conv register tile, of AArch64's 32 vector
 # registers: SDOT needs besides them the 4 registers of one weight block and an activation, the
 # NEON schedule also its products and pair sums
-TILE_BUDGET = {SDOT_16x4: 6, UDOT_16x4: 6, NEON_16x4: 4, NEON_BYTES_16x4: 4}
+TILE_BUDGET = {SDOT_16x16: 6, SDOT_16x4: 6, UDOT_16x4: 6, NEON_16x4: 4, NEON_BYTES_16x4: 4}
 
 
 def _dot_impl(instruction: str, weight: str):
@@ -135,8 +136,49 @@ def _neon_bytes(
             )
 
 
+@T.prim_func(s_tir=True)
+def _description_16x16(
+    A: T.Buffer((16,), "uint8", offset_factor=1),
+    B: T.Buffer((4, 16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:16], B[0:4, 0:16, 0:4])
+        T.writes(C[0:16])
+        for j, i, k in T.grid(4, 16, 4):
+            with T.sblock("update"):
+                vi = T.axis.spatial(16, i)
+                vc = T.axis.reduce(16, j * 4 + k)
+                C[vi] = C[vi] + T.Cast("int32", A[vc]) * T.Cast("int32", B[vc // 4, vi, vc % 4])
+
+
+@T.prim_func(s_tir=True)
+def _sdot_16x16(
+    A: T.Buffer((16,), "uint8", offset_factor=1),
+    B: T.Buffer((4, 16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:16], B[0:4, 0:16, 0:4])
+        T.writes(C[0:16])
+        for j in T.unroll(4):
+            for q in T.unroll(4):
+                # activations j·4 … j·4+3 from lane j of one 16-byte load: SDOT by element
+                C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                    C.vload([q * 4], dtype="int32x4"),
+                    B.vload([j, q * 4, 0], dtype="int8x16"),
+                    T.reinterpret(
+                        T.Shuffle([T.reinterpret(A.vload([0], "uint8x16"), dtype="int32x4")], [j, j, j, j]),
+                        dtype="int8x16",
+                    ),
+                    dtype="int32x4",
+                )
+
+
 TensorIntrin.register(SDOT_16x4, _description, _dot_impl("sdot.v4i32.v16i8", "int8"))
 TensorIntrin.register(UDOT_16x4, _description_of("uint8"), _dot_impl("udot.v4i32.v16i8", "uint8"))
+TensorIntrin.register(SDOT_16x16, _description_16x16, _sdot_16x16)
 TensorIntrin.register(NEON_16x4, _description, _neon_widening)
 TensorIntrin.register(NEON_BYTES_16x4, _description, _neon_bytes)
 

@@ -53,7 +53,7 @@ from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
 from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT, WEIGHT_MAX
-from tvmbits.schedules.arm_dot import ARM_INTRINSICS, arm_intrinsic, arm_tile_budget
+from tvmbits.schedules.arm_dot import ARM_INTRINSICS, SDOT_16x4, SDOT_16x16, arm_intrinsic, arm_tile_budget
 from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
@@ -310,12 +310,17 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     y_outer, row = sch.split(y, factors=[None, rows])
     x_outer, pixel = sch.split(x, factors=[None, pixels])
     inner = _split_dot(sch, reduction) if dot else []
+    steps = []  # SDOT on 16 input channels (4 steps) at a time: one activation load feeds 4 (by element)
+    if tensorize == SDOT_16x4 and int(sch.get(reduction[-1]).extent) % 4 == 0:
+        reduction[-1], step = sch.split(reduction[-1], factors=[None, 4])
+        tensorize, steps = SDOT_16x16, [step]
     # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
-    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *_lane_order(lane, inner, tensorize))
+    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *steps,
+                *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(outer, n, y_outer, x_outer)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
-    _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
+    _finish(sch, kernel, reduction, steps[0] if steps else lane, inner, tensorize, tunable)
     for loop in (row, pixel, group):
         sch.unroll(loop)
 

@@ -43,6 +43,7 @@ PAIRS = [(BIPOLAR, BIPOLAR), (Encoding("unsigned", 3), S4), (S4, S4), (Encoding(
 MAIN = [BIPOLAR, Encoding("unsigned", 3), S4, Encoding("unsigned", 5), Encoding("signed", 7), S8, U8]
 # output channels in multiples of 16 (the tensorized blocks), odd channel counts and paddings
 CONV_GRID = [replace(CONVS[i], out_channels=o) for i, o in ((1, 16), (2, 32), (4, 16), (7, 48))]
+WIDE = replace(CONVS[5], out_channels=32)  # 64 input channels: SDOT 16 channels at a time
 
 
 def conv_case(conv, act, wgt, seed) -> Case:
@@ -66,14 +67,14 @@ def extreme_case(act=Encoding("signed", 7), wgt=S8) -> Case:
     """The largest products: the widening NEON schedule sums two in int16 (activation 63, byte
     127, × −128), the byte one keeps each in a byte (s4 × s4: byte 15 × −8)."""
     top = (1 << (act.bits - 1)) - 1  # the code of the largest signed value
-    a, w = np.full((1, 3, 3, 70), top), np.full((16, 3, 3, 70), 1 << (wgt.bits - 1))  # w: the smallest
+    a, w = np.full((1, 3, 3, 64), top), np.full((16, 3, 3, 64), 1 << (wgt.bits - 1))  # w: the smallest
     expected = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), (1, 1), (0, 0, 0, 0))
     return Case(f"extreme_{pair_id((act, wgt))}", "subbyte", a, w, act, wgt, expected, ((1, 1), (0, 0, 0, 0)))
 
 
 def default_cases() -> list[Case]:
     cases = [conv_case(conv, *pair, seed=zlib.crc32(f"{conv}{pair_id(pair)}".encode()))
-             for conv in (CONV_GRID[0], CONV_GRID[3]) for pair in PAIRS]
+             for conv in (CONV_GRID[0], CONV_GRID[3], WIDE) for pair in PAIRS]
     cases += [dense_case((3, 70, 32), *pair, seed=11) for pair in PAIRS[:5]]
     return cases + [extreme_case(), extreme_case(S4, S4)]
 
@@ -128,6 +129,13 @@ def test_kernel_assembly(profile, pair, present, absent):
     assert set(present) <= ops and not set(absent) & ops, sorted(ops)
 
 
+def test_sdot_by_element_on_16_channel_steps():
+    """64 input channels: each 16-byte activation load feeds four SDOTs by element (`v.4b[j]`)."""
+    asm = conv_case(WIDE, U4, S4, seed=0).module(load("rpi5").tvm_target()).mod.inspect_source("asm")
+    by_element = re.findall(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[([0-3])\]", asm, re.M)
+    assert set(by_element) == {"0", "1", "2", "3"} and not re.search(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.16b$", asm, re.M)
+
+
 @pytest.mark.skipif(shutil.which(OBJDUMP) is None, reason=f"{OBJDUMP} is not installed (scripts/setup.sh)")
 @pytest.mark.parametrize("profile", ["rpi5", "rpi4"])
 def test_model_subbyte_kernels_disassembly(tmp_path, profile):
@@ -170,7 +178,7 @@ def test_dot_product_kernel_stops_a_board_without_it():
 @pytest.mark.parametrize("profile", ["rpi5", "rpi4"])
 def test_bit_exact_grid_on_the_emulated_cpu(profile):
     cases = [conv_case(conv, *pair, seed=zlib.crc32(f"{conv}{pair_id(pair)}g".encode()))
-             for conv in CONV_GRID for pair in pairs(MAIN)]
+             for conv in [*CONV_GRID, WIDE] for pair in pairs(MAIN)]
     cases += [dense_case(shape, *pair, seed=5) for shape in [*DENSES, (1, 70, 16)] for pair in pairs(MAIN)]
     results = run_on_board(profile, cases, timeout=3600)
     assert set(results.values()) == {"ok"}, {k: v for k, v in results.items() if v != "ok"}
