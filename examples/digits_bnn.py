@@ -14,8 +14,8 @@ Network (Brevitas, straight-through estimators), input [1, 1, 8, 8]::
     Flatten → QuantLinear 256→10, binary weights, float bias → logits
 
 Trained with Adam for `--epochs` epochs (seeded, one torch thread, about 30 s here), exported with
-Brevitas' `export_qonnx`, compiled by tvmbits for x86_64 (run here) and arm64 (cross-compiled,
-not run). Prints the test accuracy of Brevitas' PyTorch forward and of the compiled x86_64
+Brevitas' `export_qonnx`, compiled by tvmbits for this machine (`host`, run here) and arm64 (cross-compiled,
+not run). Prints the test accuracy of Brevitas' PyTorch forward and of the compiled host
 module on the same images and how many predictions agree, the weight bytes of the low-bit
 layers as float32 and as packed, and the median latency of the compiled module against ONNX
 Runtime. ONNX Runtime has no QONNX ops, so it runs the exported model with its
@@ -140,7 +140,7 @@ def main() -> None:
     qonnx_path = out / "digits_bnn.onnx"
     export_qonnx(net, torch.zeros(SHAPE), str(qonnx_path), input_names=["input"])
 
-    meta = compile_model(qonnx_path, out / "digits_bnn_x86_64.tar", CompileOptions(target="x86_64"))
+    meta = compile_model(qonnx_path, out / "digits_bnn_host.tar", CompileOptions(target="host"))  # this CPU
     arm = compile_model(qonnx_path, out / "digits_bnn_arm64.tar", CompileOptions(target="arm64"))
     for layer in meta["layers"]:
         print(f"  {layer['name']:<16} {layer['kernel']:<9} activation {layer['activation']}, weight {layer['weight']}")
@@ -148,12 +148,12 @@ def main() -> None:
           f"kernels {[layer['kernel'] for layer in arm['layers']]} (cross-compiled, not run here)")
 
     session = runtime.Session.open()
-    art = open_artifact(out / "digits_bnn_x86_64.tar")  # holds the unpacked library
+    art = open_artifact(out / "digits_bnn_host.tar")  # holds the unpacked library
     loaded = session.load(str(art.library))
     by_torch = torch_logits(net, x_test).argmax(1)
     by_tvmbits = compiled_logits(loaded, session, x_test).argmax(1)
     print(f"test accuracy ({len(y_test)} images): PyTorch (Brevitas) {np.mean(by_torch == y_test):.2%}, "
-          f"tvmbits x86_64 {np.mean(by_tvmbits == y_test):.2%}; "
+          f"tvmbits {meta['arch']} {np.mean(by_tvmbits == y_test):.2%}; "
           f"same prediction on {np.sum(by_torch == by_tvmbits)}/{len(y_test)}")
 
     lowbit = [layer for layer in meta["layers"] if layer["kernel"] != "float"]
