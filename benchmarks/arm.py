@@ -152,8 +152,10 @@ def hot_loop(library: Path) -> tuple[list[str], dict]:
 
 
 def mca_cycles(mca: str, loop: list[str], cpu: str) -> float | None:
-    """llvm-mca's cycles per iteration of `loop` on `cpu` (its steady-state estimate)."""
-    source = "\n".join(loop) + "\n"
+    """llvm-mca's cycles per iteration of `loop` on `cpu` (its steady-state estimate); the
+    loop's inner branches (taken or not, to addresses it cannot assemble) are left out."""
+    branch = re.compile(r"^(?:b(?:\.\w+)?|bl|cbn?z|tbn?z)\s")
+    source = "\n".join(ins for ins in loop if not branch.match(ins)) + "\n"
     done = subprocess.run([mca, "-mtriple=aarch64-linux-gnu", f"-mcpu={cpu}", "-mattr=+dotprod", "-iterations=200"],
                           input=source, capture_output=True, text=True)
     match = re.search(r"Total Cycles:\s+(\d+)", done.stdout)
@@ -183,7 +185,8 @@ def mca_table(folder: Path, bits_keys: list[str], log) -> list[str]:
             loop, work = hot_loop(folder / f"L0.{key}.{profile}.so")
             if not loop:
                 continue
-            work_macs = work.get("popcount", 0) / (wbits * abits) + work.get("dot", 0)
+            # a bit-serial loop's UDOT (rpi5) sums popcounts, it multiplies nothing
+            work_macs = work["popcount"] / (wbits * abits) if work.get("popcount") else work.get("dot", 0)
             cells = []
             for cpu, _ in MCA:
                 if cpu != cpu_build:

@@ -297,6 +297,8 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     n, y, x, channel, *reduction = sch.get_loops(kernel)
     vectors, lane = sch.split(channel, factors=[None, lanes])
     extents = [int(sch.get(loop).extent) for loop in (vectors, y, x)]
+    if tensorize == SDOT_16x4 and int(sch.get(reduction[-1]).extent) % (4 * DOT) == 0:
+        tensorize = SDOT_16x16  # 16 input channels a step: one activation load feeds 4 SDOTs by element
     arm = tensorize in ARM_INTRINSICS  # each weight vector is 4 registers: reuse it across pixels
     if arm:
         budget = arm_tile_budget(tensorize)
@@ -310,10 +312,10 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     y_outer, row = sch.split(y, factors=[None, rows])
     x_outer, pixel = sch.split(x, factors=[None, pixels])
     inner = _split_dot(sch, reduction) if dot else []
-    steps = []  # SDOT on 16 input channels (4 steps) at a time: one activation load feeds 4 (by element)
-    if tensorize == SDOT_16x4 and int(sch.get(reduction[-1]).extent) % 4 == 0:
+    steps = []  # SDOT_16x16: the 4 DOT steps of 16 input channels
+    if tensorize == SDOT_16x16:
         reduction[-1], step = sch.split(reduction[-1], factors=[None, 4])
-        tensorize, steps = SDOT_16x16, [step]
+        steps = [step]
     # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
     sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *steps,
                 *_lane_order(lane, inner, tensorize))
