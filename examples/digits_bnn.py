@@ -14,8 +14,8 @@ Network (Brevitas, straight-through estimators), input [1, 1, 8, 8]::
     Flatten → QuantLinear 256→10, binary weights, float bias → logits
 
 Trained with Adam for `--epochs` epochs (seeded, one torch thread, about 30 s here), exported with
-Brevitas' `export_qonnx`, compiled by tvmbits for x86_64 (run here) and arm64 (cross-compiled,
-not run). Prints the test accuracy of Brevitas' PyTorch forward and of the compiled x86_64
+Brevitas' `export_qonnx`, compiled by tvmbits for this machine (`host`, run here) and arm64 (cross-compiled,
+not run). Prints the test accuracy of Brevitas' PyTorch forward and of the compiled host
 module on the same images and how many predictions agree, the weight bytes of the low-bit
 layers as float32 and as packed, and the median latency of the compiled module against ONNX
 Runtime. ONNX Runtime has no QONNX ops, so it runs the exported model with its
@@ -138,8 +138,8 @@ def main() -> None:
     qonnx_path = out / "digits_bnn.onnx"
     export_qonnx(net, torch.zeros(SHAPE), str(qonnx_path), input_names=["input"])
 
-    compiled = tvmbits.compile(qonnx_path, "x86_64")
-    compiled.save(out / "digits_bnn_x86_64.tar")
+    compiled = tvmbits.compile(qonnx_path, "host")  # this CPU
+    compiled.save(out / "digits_bnn_host.tar")
     meta = compiled.metadata
     arm = tvmbits.compile(qonnx_path, "arm64")
     arm.save(out / "digits_bnn_arm64.tar")
@@ -148,11 +148,11 @@ def main() -> None:
     print(f"arm64 build: {(out / 'digits_bnn_arm64.tar').stat().st_size} bytes, "
           f"kernels {[layer['kernel'] for layer in arm.metadata['layers']]} (cross-compiled, not run here)")
 
-    model = tvmbits.load(out / "digits_bnn_x86_64.tar")
+    model = tvmbits.load(out / "digits_bnn_host.tar")
     by_torch = torch_logits(net, x_test).argmax(1)
     by_tvmbits = compiled_logits(model, x_test).argmax(1)
     print(f"test accuracy ({len(y_test)} images): PyTorch (Brevitas) {np.mean(by_torch == y_test):.2%}, "
-          f"tvmbits x86_64 {np.mean(by_tvmbits == y_test):.2%}; "
+          f"tvmbits {meta['arch']} {np.mean(by_tvmbits == y_test):.2%}; "
           f"same prediction on {np.sum(by_torch == by_tvmbits)}/{len(y_test)}")
 
     lowbit = [layer for layer in meta["layers"] if layer["kernel"] != "float"]

@@ -18,9 +18,13 @@ after it. Output channels are split into vectors of `LANES`:
   the reduction loops run, and within each reduction step the tile is unrolled with the lanes
   vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
   vector is loaded once per ROWS × PIXELS pixels;
-- sub-byte kernels: the input channels are split by DOT (4) inside the lanes, and on a CPU with
-  AVX512-VNNI each lane × DOT step is tensorized into one `vpdpbusd` (`vnni.py`); elsewhere
-  the DOT products are unrolled and the lanes vectorised;
+- sub-byte kernels: the input channels are split by DOT (4) inside the lanes, and each lane × DOT
+  step is tensorized into one `vpdpbusd` on a CPU with AVX512-VNNI (`vnni.py`), four `sdot` on
+  an AArch64 CPU with the dot product, two `smull`, an `addp` and an `sadalp` per 4 channels on
+  other AArch64 CPUs (a byte `mul`, an `saddlp` and an `sadalp` where products fit a byte;
+  `arm_dot.py`, activations below 128); the Arm tiles favour pixels over channel vectors, so one
+  weight block (4 registers) feeds several pixels; elsewhere the DOT products are
+  unrolled and the lanes vectorised;
 - dense: the weights are copied the same way (a float matmul's `[K, O]` weight, already
   channel-contiguous, is read as it is); the batch and the channel vectors are fused into one
   parallel loop, the reduction runs inside it and the lanes are vectorised;
@@ -52,7 +56,8 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from tvmbits.ops.subbyte import BLOCK, DOT
+from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT, WEIGHT_MAX
+from tvmbits.schedules.arm_dot import ARM_INTRINSICS, SDOT_16x4, SDOT_16x16, arm_intrinsic, arm_tile_budget
 from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
@@ -231,7 +236,7 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
         except s_tir.ScheduleError:
             stranded.append(epilogue)
     dot = name.startswith("subbyte")
-    tensorize = dot and int(out_channel.dom.extent) % BLOCK == 0 and _vnni_operands(sch, kernel, target)
+    tensorize = dot and int(out_channel.dom.extent) % BLOCK == 0 and _dot_intrinsic(sch, kernel, target)
     if "conv2d" in name and stranded and not dot and _reads_write_back(sch, stranded[0], write_back):
         _tile_conv_at_epilogue(sch, kernel, write_back, stranded[0], lanes, accumulator_vectors(target), tunable)
         for epilogue in stranded[1:]:
@@ -290,7 +295,7 @@ def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, ten
     if tensorize:
         init = sch.decompose_reduction(kernel, reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(lane, DOT_16x4)  # replaces lane and inner
+        sch.tensorize(lane, tensorize)  # replaces lane and inner
     else:
         sch.vectorize(lane)  # before decompose_reduction, which needs the init to move first
         sch.decompose_reduction(kernel, reduction[0])
@@ -303,10 +308,19 @@ def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, ten
         _unroll(sch, reduction[-1])
 
 
-def _vnni_operands(sch: s_tir.Schedule, kernel, target: Target) -> bool:
-    """Whether `target` has VNNI and the kernel multiplies uint8 data by int8 weights."""
-    dtypes = sorted(str(read.source.dtype) for read in sch.get(kernel).reads if str(read.source.dtype) != "int32")
-    return has_vnni(target) and dtypes == ["int8", "uint8"]
+def _dot_intrinsic(sch: s_tir.Schedule, kernel, target: Target) -> str | None:
+    """The tensor intrinsic of the kernel's DOT_16x4 steps on `target`, or None: VNNI where the
+    kernel multiplies uint8 data by int8 weights, the AArch64 ones (`arm_dot.arm_intrinsic`)."""
+    stmt = sch.get(kernel)
+    dtypes = [str(read.source.dtype) for read in stmt.reads if str(read.source.dtype) != "int32"]
+    if len(dtypes) != 2 or "uint8" not in dtypes:
+        return None
+    weight = dtypes[1] if dtypes[0] == "uint8" else dtypes[0]
+    if has_vnni(target):
+        return DOT_16x4 if weight == "int8" else None
+    data_max, weight_max = (stmt.annotations.get(key) for key in (DATA_MAX, WEIGHT_MAX))
+    return arm_intrinsic(target, "uint8", weight, None if data_max is None else int(data_max),
+                         None if weight_max is None else int(weight_max))
 
 
 def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int, tunable: bool, dot: bool,
@@ -314,14 +328,26 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     """Register tile of ROWS × PIXELS × GROUPS vectors of `lanes` accumulators, at most `budget`
     vectors (see the module docstring)."""
     n, y, x, channel, *reduction = sch.get_loops(kernel)
-    outer, group, lane, y_outer, row, x_outer, pixel = _split_tile(sch, channel, y, x, lanes, budget, tunable)
+    if tensorize == SDOT_16x4 and int(sch.get(reduction[-1]).extent) % (4 * DOT) == 0:
+        tensorize = SDOT_16x16  # 16 input channels a step: one activation load feeds 4 SDOTs by element
+    arm = tensorize in ARM_INTRINSICS  # each weight vector is 4 registers: reuse it across pixels
+    if arm:
+        budget = arm_tile_budget(tensorize)
+    outer, group, lane, y_outer, row, x_outer, pixel = _split_tile(
+        sch, channel, y, x, lanes, budget, tunable, prefer_groups=not arm
+    )
     inner = _split_dot(sch, reduction) if dot else []
+    steps = []  # SDOT_16x16: the 4 DOT steps of 16 input channels
+    if tensorize == SDOT_16x16:
+        reduction[-1], step = sch.split(reduction[-1], factors=[None, 4])
+        steps = [step]
     # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
-    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *_lane_order(lane, inner, tensorize))
+    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *steps,
+                *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(outer, n, y_outer, x_outer)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
-    _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
+    _finish(sch, kernel, reduction, steps[0] if steps else lane, inner, tensorize, tunable)
     for loop in (row, pixel, group):
         sch.unroll(loop)
 
@@ -349,13 +375,14 @@ def _tile_conv_at_epilogue(sch: s_tir.Schedule, kernel, write_back, epilogue, la
         sch.unroll(loop)
 
 
-def _split_tile(sch: s_tir.Schedule, channel, y, x, lanes: int, budget: int, tunable: bool) -> tuple:
+def _split_tile(sch: s_tir.Schedule, channel, y, x, lanes: int, budget: int, tunable: bool,
+                prefer_groups: bool = True) -> tuple:
     """Split the output channel, row and column loops into the register tile (its sizes
     `_register_tile`'s, or sampled around them with `tunable`): (channel blocks, groups, lanes,
     row blocks, rows, column blocks, columns)."""
     vectors, lane = sch.split(channel, factors=[None, lanes])
     extents = [int(sch.get(loop).extent) for loop in (vectors, y, x)]
-    groups, rows, pixels = _register_tile(*extents, budget)
+    groups, rows, pixels = _register_tile(*extents, budget, prefer_groups=prefer_groups)
     if tunable:  # around the default: up to GROUPS vectors, its rows or one, up to 4 columns
         groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))[1]
         columns = min(MAX_PIXELS // rows, TUNED_COLUMNS, budget)
@@ -367,7 +394,8 @@ def _split_tile(sch: s_tir.Schedule, channel, y, x, lanes: int, budget: int, tun
     return outer, group, lane, y_outer, row, x_outer, pixel
 
 
-def _register_tile(vectors: int, height: int, width: int, budget: int) -> tuple[int, int, int]:
+def _register_tile(vectors: int, height: int, width: int, budget: int, prefer_groups: bool = True
+                   ) -> tuple[int, int, int]:
     """(GROUPS, ROWS, PIXELS): divisors of the channel vectors (≤ GROUPS), output rows and
     output columns, ROWS·PIXELS ≤ MAX_PIXELS, with the most accumulators within `budget`; on a
     tie the one with more GROUPS (each activation word broadcast once feeds them all; on AArch64
@@ -384,6 +412,8 @@ def _register_tile(vectors: int, height: int, width: int, budget: int) -> tuple[
         for p in divisors(width, MAX_PIXELS // r)
         if g * r * p <= budget
     ]
+    if not prefer_groups:  # the Arm dot-product tiles: the fewest groups, each weight load feeding most pixels
+        return max(tiles, key=lambda t: (t[0] * t[1] * t[2], -t[0], -t[1]))
     return max(tiles, key=lambda t: (t[0] * t[1] * t[2], t[0], -t[1]))
 
 

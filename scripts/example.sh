@@ -9,7 +9,7 @@ mkdir -p out
 .venv/bin/python examples/bireal_resnet18.py -o out/bireal_resnet18.onnx
 .venv/bin/python -c "import numpy as np, sys; sys.path.insert(0, 'examples')
 from bireal_resnet18 import make_input; np.save('out/input.npy', make_input(224, seed=1))"
-.venv/bin/tvmbits compile out/bireal_resnet18.onnx --target x86_64 -o out/bireal_resnet18.tar
+.venv/bin/tvmbits compile out/bireal_resnet18.onnx --target host -o out/bireal_resnet18.tar
 .venv/bin/tvmbits inspect out/bireal_resnet18.tar | .venv/bin/python -c "import json, sys
 s = json.load(sys.stdin)['summary']
 print(f\"{s['lowbit_layers']} of {s['layers']} conv/dense layers low-bit; their weights \"

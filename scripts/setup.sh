@@ -5,8 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="g++-aarch64-linux-gnu g++-arm-linux-gnueabihf binutils-aarch64-linux-gnu
-  binutils-arm-linux-gnueabihf qemu-user-static binfmt-support debootstrap"
+# cross compilers for the architectures this machine is not (Debian names the native compiler
+# <triple>-g++ too), qemu-user-static for the emulated boards' root file systems, the dynamic
+# qemu-user (it takes -plugin) and its plugin's glib headers, and llvm-mca for benchmarks/arm.py
+case "$(uname -m)" in
+  x86_64)  CROSS="g++-aarch64-linux-gnu binutils-aarch64-linux-gnu" ;;
+  aarch64) CROSS="g++-x86-64-linux-gnu binutils-x86-64-linux-gnu" ;;
+  *) echo "setup: $(uname -m) machines are not supported (x86_64 and aarch64 are)" >&2; exit 2 ;;
+esac
+APT_PACKAGES="$CROSS g++-arm-linux-gnueabihf binutils-arm-linux-gnueabihf qemu-user-static binfmt-support
+  debootstrap"
+BENCH_PACKAGES="qemu-user libglib2.0-dev llvm-19"
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
@@ -16,6 +25,16 @@ if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+missing=""
+for pkg in $BENCH_PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then  # without recommends: qemu-user-binfmt would take binfmt_misc from qemu-user-static
+  echo "setup: installing Debian packages for benchmarks/arm.py:$missing"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -3,14 +3,19 @@
 A profile names the TVM target (a JSON dict), the host target for device code, the cross
 compiler that links the library, the device kind the runtime opens (`cpu` or `cuda`), the CPU
 architecture of the device as `uname -m` prints it (checked before deploying), the RPC key
-boards of this kind register with, the default number of tuning trials, and the CPU model
-qemu user mode emulates for `tvmbits check` (`qemu_cpu`, e.g. cortex-a7; none: not checked).
+boards of this kind register with, the default number of tuning trials, and for Arm boards the
+QEMU CPU model (`qemu_cpu`) that `tvmbits board emulate` and `tvmbits check` run the board's
+code on, so that a kernel using an instruction the board lacks fails under emulation too.
 
-The value "native" in a target stands for what this machine has: the host CPU model and core
-count for LLVM, the local GPU's compute capability for CUDA.
+The value "native" stands for what this machine has: as `arch`, its architecture (`uname -m`);
+in a target, the host CPU model and core count for LLVM, the local GPU's compute capability for
+CUDA. The `host` profile is all native, so it builds for x86-64 and AArch64 machines alike.
+`native` CPU values of a profile for another architecture than this machine's (`x86_64` on an
+AArch64 machine) are dropped: LLVM's generic CPU of the profile's triple.
 """
 
 import os
+import platform
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +39,21 @@ class Profile:
     cross_compiler: str | None
     rpc_key: str
     tuning_trials: int
-    qemu_cpu: str | None = None
+    qemu_cpu: str | None = None  # QEMU's -cpu model of the board (Arm profiles)
+
+    @property
+    def native(self) -> bool:
+        """Whether the profile's code runs on this machine's CPU (same architecture)."""
+        return self.arch == host_arch()
 
     def tvm_target(self) -> tvm.target.Target:
-        host = _resolve(self.host) if self.host else None
-        return tvm.target.Target(_resolve(self.target), host=host)
+        host = _resolve(self.host, self.native) if self.host else None
+        return tvm.target.Target(_resolve(self.target, self.native), host=host)
+
+
+def host_arch() -> str:
+    """This machine's architecture as `uname -m` prints it (x86_64, aarch64)."""
+    return platform.machine()
 
 
 def available() -> list[str]:
@@ -60,7 +75,7 @@ def load(name_or_path: str) -> Profile:
         profile = Profile(
             name=data["name"],
             description=data.get("description", ""),
-            arch=data["arch"],
+            arch=host_arch() if data["arch"] == "native" else data["arch"],
             device=data.get("device", "cpu"),
             target=data["target"],
             host=data.get("host"),
@@ -93,10 +108,13 @@ def _one_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _resolve(target: dict) -> dict:
+def _resolve(target: dict, native: bool = True) -> dict:
     resolved = dict(target)
     if resolved.get("mcpu") == "native":
-        resolved["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        if native:
+            resolved["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        else:
+            del resolved["mcpu"]
     if resolved.get("num-cores") == "native":
         resolved["num-cores"] = os.cpu_count()
     if resolved.get("kind") == "cuda" and resolved.get("arch") == "native":

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 class TinyBNN:
-    """tiny_bnn (onnx_models) compiled once for x86_64 by `tvmbits compile`, for the tests that
+    """tiny_bnn (onnx_models) compiled once for this machine (`host`) by `tvmbits compile`, for the tests that
     need some artifact: `model` (.onnx), `artifact` (.tar), `input` (.npy, dyadic) and the
     output ONNX Runtime gives on it. Read only: a test that changes a file copies it first."""
 
@@ -45,7 +45,7 @@ class TinyBNN:
 
         self.model, self.artifact, self.input = folder / "bnn.onnx", folder / "bnn.tar", folder / "x.npy"
         onnx.save(tiny_bnn(), self.model)
-        assert main(["compile", str(self.model), "--target", "x86_64", "-o", str(self.artifact)]) == 0
+        assert main(["compile", str(self.model), "--target", "host", "-o", str(self.artifact)]) == 0
         x = dyadic_input([1, 3, 9, 9], seed=3)
         np.save(self.input, x)
         self.expected = ort.InferenceSession(str(self.model)).run(None, {"input": x})[0]

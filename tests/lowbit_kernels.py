@@ -22,12 +22,12 @@ from tvmbits.ops.subbyte import pack_subbyte_weight, subbyte_pack
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.schedules.cpu import LowBitCPU
-from tvmbits.schedules.vnni import has_vnni
+from tvmbits.schedules.byte_dot import byte_dot
 from tvmbits.targets.profile import load
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 # what `auto` runs a 2-bit × 2-bit layer on when compiling for this machine (`choose_kernel`)
-KERNEL_2x2 = "subbyte" if has_vnni(load("x86_64").tvm_target()) else "bitserial"
+KERNEL_2x2 = "subbyte" if byte_dot(load("host").tvm_target()) else "bitserial"
 KERNELS = {"bitserial": (bitserial_conv2d_nhwc, bitserial_dense), "subbyte": (subbyte_conv2d_nhwc, subbyte_dense)}
 
 

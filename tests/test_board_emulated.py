@@ -1,6 +1,8 @@
 """End to end on an emulated arm64 board (`tvmbits board emulate arm64`: Debian arm64 under
 qemu-user, TVM from the aarch64 wheels): models compiled for arm64 and run with `tvmbits run --rpc`
 give the same bytes as the x86_64 build of the same model run here, with timings and a profile.
+So do the board profiles' builds on their own emulated boards (`board emulate rpi5` runs on a
+Cortex-A76 CPU model, `rpi4` on a Cortex-A72, `rpi3` on a Cortex-A53).
 
 The board's root file system is built on first use (about 4 min) and cached (see
 `tvmbits.board.emulate`); later runs start the board in about 20 s.
@@ -9,6 +11,7 @@ The board's root file system is built on first use (about 4 min) and cached (see
 import importlib.util
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -30,13 +33,13 @@ BUILD_AND_BOOT_S = 1200  # a fresh root file system takes about 4 min to build, 
 
 
 class EmulatedBoard:
-    """`tvmbits board emulate arm64` running in its own process group; `address()` waits until it
+    """`tvmbits board emulate PROFILE` running in its own process group; `address()` waits until it
     serves, so the tests can compile while the board builds and boots."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, profile="arm64"):
         self.port = free_port()
-        self.process = Process([sys.executable, "-m", "tvmbits", "board", "emulate", "arm64", "--port", str(self.port)],
-                               folder / "arm64-board.log")
+        self.process = Process([sys.executable, "-m", "tvmbits", "board", "emulate", profile, "--port", str(self.port)],
+                               folder / f"{profile}-board.log")
 
     def address(self) -> str:
         self.process.wait_for("tvmbits: serving TVM RPC on", timeout=BUILD_AND_BOOT_S)
@@ -56,8 +59,9 @@ def arm64_board(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(arm64_board, tmp_path_factory):
-    """name → (arm64 artifact, x86_64 artifact, input file): the binarized ResNet-18 example at
-    32×32, and float_cnn quantized after training to 2-bit weights and activations."""
+    """name → (arm64 artifact, this machine's artifact (`host`), input file): the binarized
+    ResNet-18 example at 32×32, and float_cnn quantized after training to 2-bit weights and
+    activations."""
     folder = tmp_path_factory.mktemp("arm64-models")
     onnx.save(bireal_resnet18.build_model(input_size=32, num_classes=10), folder / "bireal.onnx")
     np.save(folder / "bireal.npy", bireal_resnet18.make_input(32))
@@ -66,10 +70,10 @@ def models(arm64_board, tmp_path_factory):
     flags = {"bireal": [], "w2a2": ["--wbits", "2", "--abits", "2"]}
     built = {}
     for name, extra in flags.items():
-        for target in ("arm64", "x86_64"):
+        for target in ("arm64", "host"):
             out = folder / f"{name}-{target}.tar"
             assert main(["compile", str(folder / f"{name}.onnx"), "--target", target, "-o", str(out), *extra]) == 0
-        built[name] = (folder / f"{name}-arm64.tar", folder / f"{name}-x86_64.tar", folder / f"{name}.npy")
+        built[name] = (folder / f"{name}-arm64.tar", folder / f"{name}-host.tar", folder / f"{name}.npy")
     return built
 
 
@@ -104,13 +108,55 @@ def test_board_prints_timings_and_profile_table(models, arm64_board):
     assert lines[2].split() == ["kernel", "calls", "ms/run", "share"]
 
 
-def test_x86_64_artifact_is_refused_before_upload(models, arm64_board):
+def test_x86_64_artifact_is_refused_before_upload(models, arm64_board, tmp_path):
     _, x86_64, x = models["bireal"]
+    profile = "host"
+    if platform.machine() != "x86_64":  # an AArch64 machine: cross-build for x86-64
+        x86_64, profile = compile_for("x86_64", "bireal", x86_64.parent), "x86_64"
     address = arm64_board.address()
     uploads = arm64_board.process.count("load_module")
     done, _ = tvmbits("run", str(x86_64), "--input", f"input={x}", "--rpc", address)
-    one_error_line(done, f"artifact is built for x86_64 (x86_64) but board {address} is aarch64")
+    one_error_line(done, f"artifact is built for {profile} (x86_64) but board {address} is aarch64")
     assert arm64_board.process.count("load_module") == uploads
+
+
+def compile_for(profile, name, folder):
+    flags = {"bireal": [], "w2a2": ["--wbits", "2", "--abits", "2"]}[name]
+    out = folder / f"{name}-{profile}.tar"
+    assert main(["compile", str(folder / f"{name}.onnx"), "--target", profile, "-o", str(out), *flags]) == 0
+    return out
+
+
+# by default the 2-bit model on rpi5 (SDOT kernels on a Cortex-A76); the rest with -m slow
+@pytest.mark.parametrize("profile, names", [
+    ("rpi5", ["w2a2"]),
+    pytest.param("rpi5", ["bireal"], marks=pytest.mark.slow),
+    pytest.param("rpi4", ["bireal", "w2a2"], marks=pytest.mark.slow),
+    pytest.param("rpi3", ["bireal", "w2a2"], marks=pytest.mark.slow),
+], ids=["rpi5-w2a2", "rpi5-bireal", "rpi4", "rpi3"])
+def test_profile_board_output_equals_x86_64_output(models, profile, names, tmp_path):
+    board = EmulatedBoard(tmp_path, profile)
+    try:
+        assert f"on a {emulate_cpu(profile)}" in (board.address() and board.process.text())
+        for name in names:
+            _, x86_64, x = models[name]
+            built = compile_for(profile, name, x86_64.parent)
+            here, _ = tvmbits("run", str(x86_64), "--input", f"input={x}", "--output", str(tmp_path / f"{name}-here"),
+                              "--repeat", "0", "--json")
+            there, _ = tvmbits("run", str(built), "--input", f"input={x}", "--rpc", board.address(),
+                               "--output", str(tmp_path / f"{name}-{profile}"), "--repeat", "0", "--json")
+            assert there.returncode == 0, there.stderr + board.process.text()[-3000:]
+            expected = np.load(json.loads(here.stdout)["outputs"]["logits"])
+            got = np.load(json.loads(there.stdout)["outputs"]["logits"])
+            assert got.tobytes() == expected.tobytes(), (name, np.abs(got - expected).max())
+    finally:
+        board.process.stop(grace=20)
+
+
+def emulate_cpu(profile):
+    from tvmbits.board import emulate
+
+    return emulate.qemu_cpu(profile)
 
 
 def test_armv7_cannot_be_emulated_yet():

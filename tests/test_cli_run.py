@@ -45,7 +45,7 @@ def test_inspect_reports_layers_and_bytes(compiled, capsys):
     folder, _ = compiled
     assert main(["inspect", str(folder / "bnn.tar")]) == 0
     meta = json.loads(capsys.readouterr().out)
-    assert meta["profile"] == "x86_64" and meta["inputs"][0]["name"] == "input"
+    assert meta["profile"] == "host" and meta["inputs"][0]["name"] == "input"
     assert [layer["kernel"] for layer in meta["layers"]] == ["float", "bitserial", "bitserial", "bitserial"]
     summary = meta["summary"]
     assert summary["lowbit_layers"] == 3 and summary["float_layers"][0]["name"] == "stem"

@@ -14,7 +14,7 @@ from tvmbits.ops.encoding import Encoding
 from tvmbits.schedules.vnni import has_vnni
 from tvmbits.targets.profile import load
 
-HOST = load("x86_64").tvm_target()
+HOST = load("host").tvm_target()
 needs_vnni = pytest.mark.skipif(not has_vnni(HOST), reason="this CPU has no AVX512-VNNI")
 
 MAIN = [BIPOLAR, Encoding("unsigned", 3), Encoding("signed", 4), Encoding("unsigned", 5), Encoding("signed", 8)]

@@ -1,3 +1,5 @@
+import platform
+
 import pytest
 
 from tvmbits.errors import UserError
@@ -5,15 +7,35 @@ from tvmbits.targets import profile
 
 
 def test_every_shipped_profile_builds_a_tvm_target():
-    assert {"x86_64", "arm64", "armv7", "cuda"} <= set(profile.available())
+    assert {"host", "x86_64", "arm64", "rpi3", "rpi4", "rpi5", "armv7", "cuda"} <= set(profile.available())
     for name in profile.available():
         assert profile.load(name).tvm_target() is not None
 
 
 def test_native_values_are_resolved_for_the_host():
-    target = profile.load("x86_64").tvm_target()
+    host = profile.load("host")
+    assert host.arch == platform.machine() and host.native and host.cross_compiler is None
+    target = host.tvm_target()
     assert target.attrs["mcpu"] != "native"
     assert int(target.attrs["num-cores"]) >= 1
+
+
+def test_x86_64_is_x86_64_on_any_machine():
+    x86_64 = profile.load("x86_64")
+    target = x86_64.tvm_target()
+    assert x86_64.arch == "x86_64" and str(target.attrs["mtriple"]).startswith("x86_64")
+    if platform.machine() != "x86_64":  # a generic x86-64, not this machine's CPU model
+        assert "mcpu" not in target.attrs
+
+
+@pytest.mark.parametrize("name, cpu, dotprod", [("rpi3", "cortex-a53", False), ("rpi4", "cortex-a72", False),
+                                                ("rpi5", "cortex-a76", True), ("arm64", "cortex-a53", False)])
+def test_board_profiles_name_llvm_and_qemu_cpus(name, cpu, dotprod):
+    board = profile.load(name)
+    target = board.tvm_target()
+    assert (board.arch, board.cross_compiler, board.qemu_cpu) == ("aarch64", "aarch64-linux-gnu-g++", cpu)
+    assert target.attrs.get("mcpu", cpu) == cpu  # arm64 is LLVM's generic Armv8-A
+    assert bool(target.attrs["feature.has_dotprod"]) == dotprod
 
 
 def test_arm_profiles_name_their_cross_compilers_and_abi():

@@ -44,7 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument(
         "model", help="ONNX file: float, QONNX (Brevitas export) or QDQ; quantizers in it set the bits"
     )
-    compile_.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
+    compile_.add_argument("--target", default="host", help="profile name (targets/; default: this machine) or .toml file")
     compile_.add_argument("-o", "--output", default="model.tar", help="artifact to write")
     compile_.add_argument(
         "--force", action="store_true", help="overwrite an existing output that is not a tvmbits artifact"
@@ -64,7 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="tune a model's low-bit kernels into a tuning log")
     tune.add_argument("model", help="ONNX file")
-    tune.add_argument("--target", default="x86_64", help="profile name (targets/) or .toml file")
+    tune.add_argument("--target", default="host", help="profile name (targets/; default: this machine) or .toml file")
     tune.add_argument("--trials", type=int, help="measurements in all (default: the profile's)")
     tune.add_argument(
         "--log", help="tuning log folder to append to (default: ~/.cache/tvmbits/tuning_logs/<profile>)"
@@ -118,7 +118,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", help="the board key to register under (with --tracker)")
     serve.set_defaults(handler=_board_serve)
     emulate = board_commands.add_parser("emulate", help="run an emulated board on this machine (qemu-user, root)")
-    emulate.add_argument("arch", help="arm64")
+    emulate.add_argument("arch", metavar="profile", help="an Arm board profile: arm64, rpi3, rpi4, rpi5 or a .toml")
     emulate.add_argument("--port", type=int, default=9090, help="port on 127.0.0.1 to serve TVM RPC on")
     emulate.set_defaults(handler=_board_emulate)
     return parser

@@ -29,7 +29,7 @@ RANDOM_CALIBRATION_SAMPLES = 4
 class CompileOptions:
     """What `compile` takes besides the model (the CLI flags of the same names)."""
 
-    target: str = "x86_64"  # a profile name (targets/) or a .toml file
+    target: str = "host"  # a profile name (targets/) or a .toml file
     wbits: int | None = None  # post-training bits for float layers (1-8)
     abits: int | None = None
     all_layers: bool = False  # quantize the first and last layers too
@@ -43,7 +43,7 @@ class CompileOptions:
 
 def compile(  # noqa: A001 (the public name is the verb)
     model: "str | Path | onnx.ModelProto",
-    target: str = "x86_64",
+    target: str = "host",
     *,
     log: Callable[[str], None] = lambda message: None,
     **options,

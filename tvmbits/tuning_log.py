@@ -43,8 +43,10 @@ MODULE_EQUALITY = "structural"
 
 
 def shipped_log(profile_name: str) -> Path:
-    """The tuning log shipped for a profile (it may not exist)."""
-    return Path(str(importlib.resources.files("tvmbits.tuning_logs"))) / profile_name
+    """The tuning log shipped for a profile (it may not exist); `host` takes the one of this
+    machine's architecture (`tuning_logs/x86_64` on an x86-64 machine)."""
+    name = platform.machine() if profile_name == "host" else profile_name
+    return Path(str(importlib.resources.files("tvmbits.tuning_logs"))) / name
 
 
 def user_log(profile_name: str) -> Path:

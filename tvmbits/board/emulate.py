@@ -1,5 +1,11 @@
 """An emulated arm64 board on this machine: a Debian root file system run under qemu-user.
 
+A board is named by its target profile (`arm64`, `rpi3`, `rpi4`, `rpi5`, or a profile .toml of an
+aarch64 board): all of them share the root file system of their architecture, and each runs on
+the QEMU CPU model its profile names (`qemu_cpu`: `cortex-a53`, `cortex-a72`, `cortex-a76`), so an
+instruction the board's CPU lacks (SDOT on a Cortex-A72) stops the emulated board as it would
+stop the real one (SIGILL).
+
 `build(arch)` makes, once, a Debian bookworm root file system for the board's architecture with
 debootstrap (from the Debian mirror apt is configured with), the board's TVM wheels in a venv at
 `/opt/tvm`, and tvmbits' board side (`tvmbits board serve`, which needs only apache-tvm) in that
@@ -8,13 +14,14 @@ venv's site-packages. The tree is cached at `<cache>/boards/<arch>` and reused; 
 goes into a temporary folder renamed into place at the end, under a lock, so an interrupted or
 concurrent build never leaves a half-made board behind.
 
-`start(arch, port)` runs `tvmbits board serve` in that tree with chroot, its binaries executed by
-qemu-user through binfmt_misc, in its own process group and its own mount namespace (which holds
+`start(profile, port)` runs `tvmbits board serve` in that tree with chroot, its binaries executed by
+qemu-user through binfmt_misc (on the profile's CPU model, through qemu's QEMU_CPU), in its own process group and its own mount namespace (which holds
 the board's /proc and goes away with the board). `stop` ends the whole group: TVM's server forks
 worker processes that outlive their parent.
 
 Needs root (debootstrap, chroot, mount) and the Debian packages scripts/setup.sh installs.
-Only stdlib: this module is also copied onto the board with the rest of `tvmbits/board/`.
+Only stdlib at import: this module is also copied onto the board with the rest of
+`tvmbits/board/` (the profiles are read, on this machine only, when a board is named).
 """
 
 import ctypes
@@ -81,6 +88,10 @@ def cache_dir() -> Path:
 
 
 def board_arch(name: str) -> BoardArch:
+    """The emulated board architecture of `name`: a board architecture (`arm64`) or a target
+    profile whose `arch` is one."""
+    if name not in ARCHS and name not in NOT_EMULATED:
+        name = _profile_board(name)[0]
     if name in NOT_EMULATED:
         raise BoardError(f"cannot emulate {name}: {NOT_EMULATED[name]}")
     if name not in ARCHS:
@@ -140,6 +151,23 @@ def build(name: str, log=print) -> Path:
     return root
 
 
+def qemu_cpu(name: str) -> str | None:
+    """The QEMU CPU model the board `name` runs on: its profile's `qemu_cpu` (None: QEMU's default)."""
+    return None if name in NOT_EMULATED else _profile_board(name)[1]
+
+
+def board_env(name: str) -> dict[str, str]:
+    """The environment that runs the board's binaries on its CPU model: qemu-user reads QEMU_CPU
+    (the `-cpu` option) also when binfmt_misc starts it, and chroot passes the environment on."""
+    env = dict(os.environ)
+    cpu = qemu_cpu(name)
+    if cpu:
+        env["QEMU_CPU"] = cpu
+    else:
+        env.pop("QEMU_CPU", None)
+    return env
+
+
 def start(name: str, port: int) -> subprocess.Popen:
     """Start `tvmbits board serve` on the emulated `name` board, listening on 127.0.0.1:`port` of
     this machine (a chroot shares this machine's network), with this checkout's board side.
@@ -151,8 +179,22 @@ def start(name: str, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
          f"mount -t proc proc {quoted}/proc && {serve}"],
+        env=board_env(name),
         start_new_session=True,
         preexec_fn=_die_with_parent,
+    )
+
+
+def run(name: str, command: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run the shell `command` once on the emulated `name` board (in its root file system, on its
+    CPU model, with /proc mounted), without a server: for checking cross-built kernels. Files go
+    to and from the board through its root file system (`build(name)`). Output is captured."""
+    root = build(name)
+    quoted = shlex.quote(str(root))
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+         f"mount -t proc proc {quoted}/proc && exec chroot {quoted} /bin/sh -c {shlex.quote(command)}"],
+        env=board_env(name), capture_output=True, text=True, timeout=timeout,
     )
 
 
@@ -175,13 +217,31 @@ def serve(name: str, port: int, log=print) -> None:
     """Run the emulated `name` board (built first if needed) until SIGINT or SIGTERM."""
     build(name, log)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    log(f"starting the emulated {name} board under qemu-user (about 20 s)")
+    cpu = qemu_cpu(name)
+    log(f"starting the emulated {name} board under qemu-user{f' on a {cpu}' if cpu else ''} (about 20 s)")
     board = start(name, port)
     try:
         code = board.wait()
         raise BoardError(f"the emulated {name} board stopped (exit code {code})")
     finally:
         stop(board)
+
+
+def _profile_board(name: str) -> tuple[str, str | None]:
+    """(board architecture, QEMU CPU model) of the target profile `name`."""
+    from tvmbits.errors import TargetError
+    from tvmbits.targets import profile
+
+    try:
+        board = profile.load(name)
+    except TargetError:
+        raise BoardError(f"cannot emulate '{name}': emulated boards are {', '.join(ARCHS)} "
+                         "or a target profile of an aarch64 board (rpi3, rpi4, rpi5)") from None
+    archs = {"aarch64": "arm64", "armv7l": "armv7"}
+    if board.device != "cpu" or board.arch not in archs:
+        raise BoardError(f"cannot emulate '{name}': its profile is for {board.arch} ({board.device}), "
+                         "emulated boards are aarch64")
+    return archs[board.arch], board.qemu_cpu
 
 
 def debian_mirror() -> str:

@@ -21,6 +21,12 @@ reads them back.
 
 Σ u·w = Σ value·w + bias·Σ w: the kernels subtract bias·Σ w per output channel
 (`weight_offset`); padded taps hold value 0 and need no test in the inner loop.
+
+The kernel blocks carry the largest biased activation as the block annotation `DATA_MAX`
+(`data_max`) and the largest weight magnitude as `WEIGHT_MAX` (`weight_max`): below 128 the
+bytes are also int8, which the Arm schedules need (SDOT multiplies int8 by int8; the NEON
+widening schedule sums two products in int16), and where their product stays below 128 the
+NEON schedule multiplies bytes into bytes.
 """
 
 import numpy as np
@@ -30,11 +36,24 @@ from tvmbits.ops.encoding import Encoding
 
 BLOCK = 16  # output channels per weight block (int32 lanes of one 512-bit vector)
 DOT = 4  # input channels per dot product (bytes summed into one int32)
+DATA_MAX = "tvmbits.data_max"  # kernel block annotation: the largest biased activation byte
+WEIGHT_MAX = "tvmbits.weight_max"  # kernel block annotation: the largest weight magnitude
 
 
 def bias(act: Encoding) -> int:
     """What `subbyte_pack` adds to an activation value: −(its encoding's smallest value)."""
     return -act.value_range[0]
+
+
+def data_max(act: Encoding) -> int:
+    """The largest byte `subbyte_pack` writes for `act`: its value span (bipolar: 2)."""
+    low, high = act.value_range
+    return high - low
+
+
+def weight_max(wgt: Encoding) -> int:
+    """The largest magnitude of a weight value of `wgt`."""
+    return max(abs(value) for value in wgt.value_range)
 
 
 def field_bits(wgt: Encoding) -> int:

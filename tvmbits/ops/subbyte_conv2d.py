@@ -11,7 +11,8 @@ in it; the sum of biased values is corrected by `weight_offset` after the reduct
 from tvm import te, tirx
 
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import DOT, bias, check_packed, weight_offset_te, weight_values
+from tvmbits.ops.subbyte import (DATA_MAX, DOT, WEIGHT_MAX, bias, check_packed, data_max, weight_max,
+                                 weight_offset_te, weight_values)
 from tvmbits.ops.window import Window
 
 
@@ -65,7 +66,8 @@ def subbyte_conv2d_nhwc(
         w = values[o // lanes, ky, kx, c // DOT, o % lanes, c % DOT].astype("int32")
         return te.sum(a * w, axis=[ky, kx, c])
 
-    out = te.compute((batch, *window.out_size, int(out_channels)), output, name="subbyte_conv2d")
+    out = te.compute((batch, *window.out_size, int(out_channels)), output, name="subbyte_conv2d",
+                     attrs={DATA_MAX: data_max(act), WEIGHT_MAX: weight_max(wgt)})
     if not bias(act):
         return out
     if offset is None:

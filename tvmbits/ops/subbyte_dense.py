@@ -9,7 +9,8 @@ corrected by `weight_offset`).
 from tvm import te
 
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import DOT, bias, check_packed, weight_offset_te, weight_values
+from tvmbits.ops.subbyte import (DATA_MAX, DOT, WEIGHT_MAX, bias, check_packed, data_max, weight_max,
+                                 weight_offset_te, weight_values)
 
 
 def subbyte_dense(
@@ -48,7 +49,8 @@ def subbyte_dense(
         w = values[o // lanes, k // DOT, o % lanes, k % DOT].astype("int32")
         return te.sum(data[n, k].astype("int32") * w, axis=k)
 
-    out = te.compute((int(data.shape[0]), int(out_features)), output, name="subbyte_dense")
+    out = te.compute((int(data.shape[0]), int(out_features)), output, name="subbyte_dense",
+                     attrs={DATA_MAX: data_max(act), WEIGHT_MAX: weight_max(wgt)})
     if not bias(act):
         return out
     if offset is None:

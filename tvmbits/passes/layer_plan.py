@@ -50,7 +50,7 @@ class LayerPlan:
     wgt: Encoding | None = None
     weight_scale: np.ndarray | None = None  # float32 [O]: real weight = weight_scale · value
     forced_kernel: str = "auto"
-    byte_dot: bool = False  # the target multiplies bytes fast (x86 VNNI): sub-byte from 2×2 bits on
+    byte_dot: bool = False  # bytes multiply fast (x86 VNNI, AArch64 dot product): sub-byte from 2×2 bits
     found: dict | None = None  # what the model's quantizers say (QONNX/QDQ), even if float
 
     @property

@@ -33,7 +33,7 @@ from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
 from tvmbits.schedules import default_rules
-from tvmbits.schedules.vnni import has_vnni
+from tvmbits.schedules.byte_dot import byte_dot
 
 PREFIX = "tvmbits."
 TUNED_KERNELS = "tvmbits.tuned_kernels"
@@ -55,7 +55,7 @@ def lowbit_phases(
         ToNHWC(target),
         FoldFlattenTranspose,
         AnnotateLayers(layer_names),
-        PlanLayers(wbits, abits, all_layers, kernel, facts, has_vnni(target), layer_names),
+        PlanLayers(wbits, abits, all_layers, kernel, facts, byte_dot(target), layer_names),
         Calibrate(samples),
     ]
 
