@@ -38,9 +38,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 import tvmbits
 from arm_count import build_plugin, count, install_counter, install_onnxruntime
 from layers import BITS, LAYERS, float_conv, int8_conv, macs, write_report
-from tvmbits.artifact import open_artifact
 from tvmbits.board import emulate
-from tvmbits.compiler import CompileOptions, compile_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 from bireal_resnet18 import build_model, make_input  # noqa: E402
@@ -81,12 +79,10 @@ def build_items(root: Path, folder: Path, picked: list, resnet: bool, log) -> tu
             model = float_conv(layer, rng, "Sign" if (wbits, abits) == (1, 1) else "Relu")
             onnx.save(model, folder / f"L{index}.{key}.onnx")
             for _, profile in CPUS + ([MCA[0]] if index == 0 else []):
-                options = CompileOptions(target=profile)
-                if (wbits, abits) != (1, 1):
-                    options = CompileOptions(target=profile, wbits=wbits, abits=abits, all_layers=True)
+                bits = {} if (wbits, abits) == (1, 1) else dict(wbits=wbits, abits=abits, all_layers=True)
                 started = time.monotonic()
-                meta = compile_model(folder / f"L{index}.{key}.onnx", folder / f"L{index}.{key}.{profile}.tar", options)
-                art = open_artifact(folder / f"L{index}.{key}.{profile}.tar")
+                art = tvmbits.compile(folder / f"L{index}.{key}.onnx", profile, **bits)
+                meta = art.metadata
                 shutil.copy(art.library, folder / f"L{index}.{key}.{profile}.so")
                 row["kernels"][(key, profile)] = meta["layers"][0]["kernel"]
                 log(f"built layer {index} {key} for {profile} ({meta['layers'][0]['kernel']}, "
@@ -109,8 +105,7 @@ def build_items(root: Path, folder: Path, picked: list, resnet: bool, log) -> tu
         onnx.save(build_model(224), folder / "bireal.onnx")
         for _, profile in CPUS:
             started = time.monotonic()
-            compile_model(folder / "bireal.onnx", folder / f"bireal.{profile}.tar", CompileOptions(target=profile))
-            art = open_artifact(folder / f"bireal.{profile}.tar")  # its library lives as long as `art`
+            art = tvmbits.compile(folder / "bireal.onnx", profile)  # its library lives as long as `art`
             shutil.copy(art.library, folder / f"bireal.{profile}.so")
             log(f"built the binarized ResNet-18 for {profile} ({time.monotonic() - started:.0f} s)")
             items[profile].append({"name": "bireal", "kind": "tvm", "path": f"{inside}/bireal.{profile}.so",

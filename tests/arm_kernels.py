@@ -9,7 +9,6 @@ import json
 import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import tvm

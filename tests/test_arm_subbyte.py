@@ -19,12 +19,11 @@ import onnx
 import pytest
 from arm_kernels import Case, run_on_board
 from conv_cases import BIPOLAR, CONVS, DENSES, pair_id, pairs
-from lowbit_kernels import build, random_codes
+from lowbit_kernels import random_codes
 from onnx import helper
 from onnx_models import make_model
 
-from tvmbits.artifact import open_artifact
-from tvmbits.compiler import CompileOptions, compile_model
+import tvmbits
 from tvmbits.ops import reference
 from tvmbits.ops.encoding import Encoding
 from tvmbits.schedules.arm_dot import NEON_16x4, NEON_BYTES_16x4, SDOT_16x4, UDOT_16x4, arm_intrinsic
@@ -141,10 +140,8 @@ def test_sdot_by_element_on_16_channel_steps():
 def test_model_subbyte_kernels_disassembly(tmp_path, profile):
     """`tvmbits compile --target rpi5` puts SDOT into every sub-byte kernel, `rpi4` none."""
     onnx.save(blocked_cnn(), tmp_path / "cnn.onnx")
-    meta = compile_model(tmp_path / "cnn.onnx", tmp_path / "cnn.tar",
-                         CompileOptions(target=profile, wbits=4, abits=4, all_layers=True))
-    assert {layer["kernel"] for layer in meta["layers"]} == {"subbyte"}
-    art = open_artifact(tmp_path / "cnn.tar")
+    art = tvmbits.compile(tmp_path / "cnn.onnx", profile, wbits=4, abits=4, all_layers=True)
+    assert {layer["kernel"] for layer in art.metadata["layers"]} == {"subbyte"}
     text = subprocess.run([OBJDUMP, "-d", str(art.library)], capture_output=True, text=True, check=True).stdout
     bodies = {f.split("\n", 1)[0]: f for f in re.split(r"\n(?=[0-9a-f]+ <)", text)}
     kernels = {h: b for h, b in bodies.items() if "subbyte" in h and h.endswith("_compute_>:")
