@@ -5,6 +5,7 @@ and gives ONNX Runtime's numbers: exactly up to the float classifier (every acti
 dyadic and exact in float32), within float32 round-off after it."""
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -49,8 +50,9 @@ def test_example_from_a_regular_install_applies_the_shipped_log_and_equals_onnxr
     path = tmp_path / "bireal.onnx"
     onnx.save(model, path)
     tvmbits = str(tmp_path / "venv" / "bin" / "tvmbits")
+    fresh = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # a user who never tuned
     subprocess.run([tvmbits, "compile", str(path), "-o", str(tmp_path / "bireal.tar")],  # for this machine
-                   check=True, cwd=tmp_path, capture_output=True)
+                   check=True, cwd=tmp_path, capture_output=True, env=fresh)
     meta = json.loads(subprocess.run([tvmbits, "inspect", str(tmp_path / "bireal.tar")], check=True,
                                      capture_output=True, text=True).stdout)
     shipped = site / "tvmbits" / "tuning_logs" / platform.machine()

@@ -8,6 +8,7 @@ below 2^24, so the next quantizer sees the tie itself and rounds it as the model
 says (ROUND/HALF_EVEN: to even; HALF_UP: away from zero; HALF_DOWN: toward zero; ...)."""
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -56,6 +57,7 @@ def tie_model(seed: int = 0) -> onnx.ModelProto:
     )
 
 
+@pytest.mark.slow  # one whole-model compile of about a minute
 def test_every_rounding_mode_at_exact_ties_gives_the_exact_answer(tmp_path):
     model = tie_model()
     x = (np.random.default_rng(1).integers(-8, 8, (1, 4, 6, 6)) / 4).astype(np.float32)

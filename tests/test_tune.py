@@ -130,7 +130,7 @@ def test_tune_errors_are_one_line(model_file, tmp_path, capsys):
     assert [e for e in errors if e.startswith("tvmbits: error:")] == [
         "tvmbits: error: --trials 0: must be at least 1",
         "tvmbits: error: --tracker and --key go together",
-        "tvmbits: error: --rpc and --tracker: measure on one board or on the tracker's, not both",
+        "tvmbits: error: give either --rpc or --tracker, not both",
         f"tvmbits: error: {tmp_path / 'absent'}: no such tuning log folder",
     ]
     assert not (tmp_path / "l" / WORKLOADS).exists()
