@@ -25,7 +25,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from tvmbits.schedules.vnni import _description
+from tvmbits.schedules.vnni import dot_16x4_description
 
 SDOT_16x4 = "tvmbits_arm_sdot_16x4"
 SDOT_16x16 = "tvmbits_arm_sdot_16x16"  # four SDOT_16x4 steps, 16 input channels: one activation load
@@ -62,24 +62,6 @@ def _dot_impl(instruction: str, weight: str):
                 )
 
     return impl
-
-
-def _description_of(weight: str):
-    @T.prim_func(s_tir=True)
-    def description(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), weight, offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i, k in T.grid(16, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
-
-    return description
 
 
 @T.prim_func(s_tir=True)
@@ -176,11 +158,11 @@ def _sdot_16x16(
                 )
 
 
-TensorIntrin.register(SDOT_16x4, _description, _dot_impl("sdot.v4i32.v16i8", "int8"))
-TensorIntrin.register(UDOT_16x4, _description_of("uint8"), _dot_impl("udot.v4i32.v16i8", "uint8"))
+TensorIntrin.register(SDOT_16x4, dot_16x4_description("int8"), _dot_impl("sdot.v4i32.v16i8", "int8"))
+TensorIntrin.register(UDOT_16x4, dot_16x4_description("uint8"), _dot_impl("udot.v4i32.v16i8", "uint8"))
 TensorIntrin.register(SDOT_16x16, _description_16x16, _sdot_16x16)
-TensorIntrin.register(NEON_16x4, _description, _neon_widening)
-TensorIntrin.register(NEON_BYTES_16x4, _description, _neon_bytes)
+TensorIntrin.register(NEON_16x4, dot_16x4_description("int8"), _neon_widening)
+TensorIntrin.register(NEON_BYTES_16x4, dot_16x4_description("int8"), _neon_bytes)
 
 
 def arm_tile_budget(intrinsic: str) -> int:
