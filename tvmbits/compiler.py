@@ -15,7 +15,7 @@ import onnx
 import tvm
 
 import tvmbits
-from tvmbits import artifact, tuning_log
+from tvmbits import artifact, deploy, tuning_log
 from tvmbits.errors import InputError, OptionError, TargetError
 from tvmbits.frontend import onnx as onnx_frontend
 from tvmbits.passes import pipeline
@@ -186,7 +186,7 @@ def _calibration_samples(imported, items: list, log) -> list[list[np.ndarray]]:
             f"{RANDOM_CALIBRATION_SAMPLES} seeded random inputs (accuracy will suffer)"
         )
         return [
-            list(onnx_frontend.random_inputs(specs, seed).values())
+            list(deploy.random_inputs([spec.to_json() for spec in specs], seed).values())
             for seed in range(RANDOM_CALIBRATION_SAMPLES)
         ]
     if len(specs) != 1:

@@ -44,6 +44,19 @@ def read_inputs(
     return arrays
 
 
+def random_inputs(specs: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for `specs` ({"name", "shape", "dtype"}, as an artifact's metadata lists
+    them): standard normal, integers drawn from 0..9 for integer inputs."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        if np.issubdtype(np.dtype(spec["dtype"]), np.floating):
+            out[spec["name"]] = rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+        else:
+            out[spec["name"]] = rng.integers(0, 10, spec["shape"]).astype(spec["dtype"])
+    return out
+
+
 def read_npy(item: str, path: str) -> np.ndarray:
     """One array from a .npy file; anything else (an .npz, a pickle, text) is an InputError."""
     try:

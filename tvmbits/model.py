@@ -21,7 +21,7 @@ import numpy as np
 
 from tvmbits import runtime
 from tvmbits.artifact import Artifact, open_artifact
-from tvmbits.deploy import check_board
+from tvmbits.deploy import check_board, random_inputs
 from tvmbits.errors import InputError, OptionError
 from tvmbits.remote import Remote
 
@@ -64,7 +64,7 @@ class Model:
         with a progress line to `log` after each (so that Ctrl-C ends it between batches)."""
         if repeat < 1:
             raise OptionError(f"repeat {repeat}: must be at least 1")
-        args = self._arguments(inputs if inputs is not None else self.random_inputs())
+        args = self._arguments(inputs if inputs is not None else random_inputs(self.inputs))
         started = clock.monotonic()
         runtime.run(self.session, self.loaded, args)
         once = clock.monotonic() - started
@@ -82,17 +82,8 @@ class Model:
 
     def profile(self, inputs: dict[str, np.ndarray] | None = None, runs: int = 5) -> list[dict]:
         """Per-kernel times inside the model's run ({name, calls, ms, share}; ms the median per run)."""
-        args = self._arguments(inputs if inputs is not None else self.random_inputs())
+        args = self._arguments(inputs if inputs is not None else random_inputs(self.inputs))
         return runtime.profile(self.session, self.loaded, args, runs)
-
-    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        return {
-            spec["name"]: rng.standard_normal(spec["shape"]).astype(spec["dtype"])
-            if np.issubdtype(np.dtype(spec["dtype"]), np.floating)
-            else rng.integers(0, 10, spec["shape"]).astype(spec["dtype"])
-            for spec in self.inputs
-        }
 
     def close(self) -> None:
         self.session.close()

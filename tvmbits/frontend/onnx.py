@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
@@ -325,15 +324,3 @@ def _output_specs(mod, model) -> list[TensorSpec]:
 
 def _layer_names(model) -> list[str]:
     return [node_name(node) for node in model.graph.node if node.op_type in LAYER_OPS]
-
-
-def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded standard-normal inputs (integers drawn from 0..9 for integer inputs)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for spec in specs:
-        if np.issubdtype(np.dtype(spec.dtype), np.floating):
-            out[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
-        else:
-            out[spec.name] = rng.integers(0, 10, spec.shape).astype(spec.dtype)
-    return out
