@@ -63,6 +63,8 @@ from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
 PACKS = ("bitpack", "subbyte_pack")
 TABLES = ("bitserial_weight_popcount", "bitserial_border")  # per-call tables of the weights
+# the block annotation TVM's SplitLayoutRewritePreproc moves into a function of its own
+PREPACK = "meta_schedule.layout_rewrite_preproc"
 LANES = BLOCK  # int32 accumulators per vector; the sub-byte weights come blocked by it
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
 MAX_PIXELS = 8  # LLVM can take minutes to allocate registers for much larger unrolled tiles
@@ -223,6 +225,8 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
             kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
         )
         _parallelize(sch, copy)
+        # of a constant weight, the copy is made once at compile time (`pipeline.PrepackWeights`)
+        sch.annotate(copy, PREPACK, 1)
     for producer in blocks[:index]:  # after the weight copy, which tables of the weights then read
         if sch.get(producer).name_hint in TABLES:
             _vectorize_table(sch, producer)
