@@ -24,9 +24,9 @@ from tvm.s_tir import meta_schedule as ms
 
 from tvmbits import tuning_log
 from tvmbits.board.serve import address
-from tvmbits.compiler import CompileOptions, lower_model
+from tvmbits.compiler import CompileOptions, plan_model
 from tvmbits.errors import ModelError, OptionError
-from tvmbits.passes.pipeline import Fuse
+from tvmbits.passes import pipeline
 from tvmbits.remote import Remote
 from tvmbits.runtime import Session
 from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
@@ -54,21 +54,21 @@ def tune_model(
     if trials < 1:
         raise OptionError(f"--trials {trials}: must be at least 1")
     runner = _runner(remote)  # a bad board fails before the slow lowering
-    lowered = lower_model(model_path, options, log)
-    target = lowered.target
-    mod = Fuse(target)(lowered.mod)
+    planned = plan_model(model_path, options, log)
+    target = planned.target
+    mod = pipeline.run(planned.mod, pipeline.kernel_phases(target))
     tasks = [
         task
         for task in ms.relax_integration.extract_tasks(mod, target)
         if is_tunable(task.dispatched[0]["main"])
     ]
     if not tasks:
-        raise ModelError(f"{model_path}: no low-bit kernels to tune for {lowered.profile.name}")
+        raise ModelError(f"{model_path}: no low-bit kernels to tune for {planned.profile.name}")
     if repair and Path(log_dir).is_dir():
         tuning_log.repair(log_dir, log)
     writer = tuning_log.TuningLogWriter(log_dir, log)
     database = writer.database
-    tuning_log.write_tuned_on(Path(log_dir), lowered.profile.name)
+    tuning_log.write_tuned_on(Path(log_dir), planned.profile.name)
     log(f"tuning {len(tasks)} kernels with {trials} trials in all; log: {log_dir}")
     contexts = [
         ms.TuneContext(
@@ -96,7 +96,7 @@ def tune_model(
                 work_dir=work_dir,
                 max_trials_global=trials,
                 num_trials_per_iter=min(16, trials),
-                builder=_builder(lowered.profile),
+                builder=_builder(planned.profile),
                 runner=runner,
                 database=database,
                 cost_model="xgb",

@@ -61,9 +61,14 @@ def lowbit_phases(
     ]
 
 
+def kernel_phases(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """LowerLowBit, Fuse: from a planned module to its kernel PrimFuncs (what tuning tasks see)."""
+    return [LowerLowBit, Fuse(target)]
+
+
 def build_phases(target: tvm.target.Target, database=None) -> list[tvm.transform.Pass]:
-    """LowerLowBit … Schedule: the phases from a planned module to one `tvm.compile` builds."""
-    return [LowerLowBit, Fuse(target), Schedule(target, database), PrepackWeights(target)]
+    """LowerLowBit … PrepackWeights: the phases from a planned module to one `tvm.compile` builds."""
+    return [*kernel_phases(target), Schedule(target, database), PrepackWeights(target)]
 
 
 def layer_plans(mod: tvm.IRModule, order: list[str] | None = None) -> list[LayerPlan]:
