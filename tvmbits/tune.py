@@ -21,6 +21,7 @@ import tvm
 from tvm import rpc as tvm_rpc
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
 from tvmbits import tuning_log
 from tvmbits.board.serve import address
@@ -149,7 +150,10 @@ def _builder(profile) -> ms.builder.Builder:
 
 def _build(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
     """MetaSchedule's default build without its import of every tensor intrinsic (about 30 s
-    in each fresh builder process; the low-bit kernels use none of them)."""
+    in each fresh builder process; the low-bit kernels use none of them): a candidate is built
+    and measured without its weight regrouping, which `PrepackWeights` does at compile time
+    (the runner passes the regrouped weight)."""
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm.driver.build(mod, target=target)
 
 
