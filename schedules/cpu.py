@@ -26,11 +26,12 @@ after it. Output channels are split into vectors of `LANES`:
   weight block (4 registers) feeds several pixels; elsewhere the DOT products are
   unrolled and the lanes vectorised;
 - dense: the weights are copied the same way (a float matmul's `[K, O]` weight into
-  `[ceil(O/LANES), K, LANES]`); the batch and blocks of up to GROUPS channel vectors are fused
+  `[O/LANES, K, LANES]` when LANES divides O, else read as it is); the batch and blocks of up to GROUPS channel vectors are fused
   into one parallel loop, the reduction runs inside it, the block's vectors are accumulated
   together (independent chains) and the lanes are vectorised;
 - every such weight copy is marked for `pipeline.PrepackWeights`, which makes it once at compile
-  time on the weight constant;
+  time on the weight constant, unless O needs padding to a multiple of LANES (then it is made
+  on every call);
 - the accumulators live in a "local" buffer, initialised before the reduction loops; the
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`
   (`tvmbits tune` samples the chunk: a divisor of the loop up to 2·UNROLL);
@@ -224,7 +225,9 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     reads = sch.get(kernel).reads
     weight = next((i for i, read in enumerate(reads) if read.region[0].min.same_as(out_channel.var)), None)
     # a float matmul's [K, O] weight: each vector of LANES channels is a column strided by O
-    columns = None if weight is not None or "matmul" not in name else next(
+    whole = int(out_channel.dom.extent) % lanes == 0
+    # a float matmul's [K, O] weight: each vector of LANES channels is a column strided by O
+    columns = None if weight is not None or "matmul" not in name or not whole else next(
         (i for i, read in enumerate(reads)
          if len(read.region) == 2 and read.region[1].min.same_as(out_channel.var)), None)
     if weight is not None or columns is not None:  # regroup by LANES channels (sub-byte weights come blocked)
@@ -235,8 +238,9 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
         zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
         sch.transform_layout(kernel, ("read", weight), index_map, pad_value=zero)
         _parallelize(sch, copy)
-        # of a constant weight, the copy is made once at compile time (`pipeline.PrepackWeights`)
-        sch.annotate(copy, PREPACK, 1)
+        if whole:  # (a padded copy is not a plain copy, which TVM's layout-rewrite passes require)
+            # of a constant weight, the copy is made once at compile time (`pipeline.PrepackWeights`)
+            sch.annotate(copy, PREPACK, 1)
     for producer in blocks[:index]:  # after the weight copy, which tables of the weights then read
         if sch.get(producer).name_hint in TABLES:
             _vectorize_table(sch, producer)
