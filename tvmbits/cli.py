@@ -45,6 +45,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "model", help="ONNX file: float, QONNX (Brevitas export) or QDQ; quantizers in it set the bits"
     )
     compile_.add_argument("--target", default="host", help="profile name (targets/; default: this machine) or .toml file")
+    compile_.add_argument("--arch", help="CUDA profiles: GPU architecture to build for (sm_80, sm_89, sm_90; "
+                          "default: this machine's GPU, else the profile's fallback_arch)")
     compile_.add_argument("-o", "--output", default="model.tar", help="artifact to write")
     compile_.add_argument(
         "--force", action="store_true", help="overwrite an existing output that is not a tvmbits artifact"
@@ -169,6 +171,7 @@ def _compile(args) -> int:
     artifact = tvmbits.compile(
         args.model,
         args.target,
+        arch=args.arch,
         wbits=args.wbits,
         abits=args.abits,
         all_layers=args.all_layers,

@@ -103,6 +103,8 @@ class Session:
         """Upload (for a board) and load `library` into a Relax VM on the session's device."""
         dev = self.device(device_kind)
         if self.remote is None:
+            if device_kind == "cuda":
+                _register_cuda_compiler(dev)
             lib = tvm.runtime.load_module(str(library))
         else:
             name = Path(library).name
@@ -171,6 +173,17 @@ def profile(session: Session, loaded: Loaded, args: list[np.ndarray], runs: int 
     for row in rows:
         row["share"] = row["ms"] / total
     return rows
+
+
+def _register_cuda_compiler(dev: tvm.runtime.Device) -> None:
+    """A CUDA artifact holds its kernels as CUDA C source (TVM 0.27's `cuda` module format),
+    compiled when the library is loaded by the global `tvm_callback_cuda_compile`: importing
+    `tvm.support.nvcc` registers it (NVRTC through cuda-bindings; nvcc with
+    TVM_CUDA_COMPILE_MODE=nvcc). Refuses first, in one line, a machine with no CUDA device, where
+    loading would fail with TVM's own message."""
+    if not dev.exist:
+        raise BoardError("this machine has no CUDA device (or no CUDA driver) to run this artifact on")
+    import tvm.support.nvcc  # noqa: F401 (registers tvm_callback_cuda_compile)
 
 
 def _reachable(host: str, port: int, where: str, timeout: float) -> None:

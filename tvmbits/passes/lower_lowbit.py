@@ -13,6 +13,9 @@ low-bit, `y = layer(x)` holding `conv2d(x, W)` (NHWC/OHWI) or `matmul(x, W)`, be
 A call of a layer that stays float becomes the layer function's body again. The layer
 functions, no longer called, are removed.
 
+Under a CUDA target (run the pass inside `with target:`) the kernels are their GEMM forms
+(`GEMM_FORMS`), which the CUDA schedules tensorize; the operands and results are the same.
+
 The kernel PrimFuncs carry op_pattern 4 (out-elementwise-fusable), so TVM's FuseOps later
 fuses this epilogue, and any bias, batch norm or residual add after it, into the kernel.
 """
@@ -28,16 +31,26 @@ from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, window_offset
 from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
+from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, bitserial_dense_gemm
 from tvmbits.ops.bitserial_term import has_offset
 from tvmbits.ops.quantize import binarize, quantize
 from tvmbits.ops.subbyte import bias, pack_subbyte_weight, subbyte_pack, weight_offset
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
+from tvmbits.ops.subbyte_gemm import subbyte_conv2d_gemm, subbyte_dense_gemm
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.layers import is_layer_function
 
 OUT_EWISE_FUSABLE = {"op_pattern": 4}
 LOWBIT_KERNELS = ("bitserial", "subbyte")
+# Under a CUDA target (the current `tvm.target.Target`), the same kernels in GEMM form: the
+# same operands and int32 results, summed as the tensor-core MMA sums (ops/*_gemm.py).
+GEMM_FORMS = {
+    bitserial_conv2d_nhwc: bitserial_conv2d_gemm,
+    bitserial_dense: bitserial_dense_gemm,
+    subbyte_conv2d_nhwc: subbyte_conv2d_gemm,
+    subbyte_dense: subbyte_dense_gemm,
+}
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmbits.LowerLowBit")
@@ -87,6 +100,9 @@ class _Rewriter(PyExprMutator):
             sizes = (channels, layer.weight.shape[0])
             if bias(plan.act):
                 inputs.append(relax.const(weight_offset(values, plan.act)))
+        target = tvm.target.Target.current(allow_none=True)
+        if target is not None and target.kind.name == "cuda":
+            kernel = GEMM_FORMS[kernel]
         # emit_te passes only tensors and plain numbers through; bind the rest here
         acc = self.builder_.emit_te(
             lambda data, weight, *offset: kernel(data, weight, *sizes, plan.act, plan.wgt, *conv_args, *offset),

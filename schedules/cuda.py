@@ -1,0 +1,179 @@
+"""Default CUDA schedules of the low-bit kernels, as dlight rules (a sound start, not tuned).
+
+On CUDA targets the compiler lowers bit-serial layers to the AND-popcount GEMM form
+(`ops/bitserial_gemm.py`, block `bitserial_gemm`: rows = pixels × activation planes, columns =
+output channels × weight planes, reduction = taps × uint32 words) and sub-byte layers to the byte
+GEMM form (`ops/subbyte_gemm.py`, block `subbyte_gemm`: uint8 activations × int8/uint8 weights
+over taps × channels). `LowBitCUDA` schedules a PrimFunc holding one such GEMM block:
+
+- the GEMM is padded (`pad_einsum`) to whole thread-block tiles; padded rows, columns and
+  reduction steps read 0 words / 0 bytes, which add nothing;
+- a thread block of WARPS_M × WARPS_N warps computes a BM × BN tile, each warp MI × NI MMA tiles
+  of 8 × 8 int32 accumulators held in registers ("warp" memory, two per lane per tile) for the
+  whole reduction; the reduction runs in steps of STEPS MMA depths (128 bits or 16 bytes each),
+  whose A and B tiles the block's threads copy into shared memory first (the im2col and weight
+  reordering computes, and the conv's padding, are inlined into that copy, so neither is
+  written to global memory);
+- with tensor cores (`mma_intrinsic`: sm_80+ for 1-bit, where PTX has `.and.popc`; sm_75+ for
+  bytes) each 8 × 8 × K step is one `mma.sync` (`cuda_mma.py`; BMMA / IMMA in SASS); below
+  those architectures the same tiles run on CUDA cores, each thread accumulating a column of
+  its warp's tile in registers with `__popc` (bits) or byte products;
+- the accumulators are stored once to a global int32 GEMM result, and the epilogue (plane
+  combination, the per-pixel and per-channel popcount corrections, the zero-point and scale
+  of the layer, whatever FuseOps put after the kernel) is one elementwise pass over the output.
+
+Every other block of such a PrimFunc, and every PrimFunc without a GEMM, is left to the next
+rules (TVM's dlight GPU rules and `Fallback`).
+"""
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+from tvm.target import Target
+
+from tvmbits.schedules import cuda_mma
+
+GEMMS = ("bitserial_gemm", "subbyte_gemm")
+WARPS_M, WARPS_N = 2, 2  # warps of a thread block along rows and columns
+MI, NI = 4, 4  # 8 × 8 MMA tiles of one warp along rows and columns
+STEPS = 4  # MMA depths per shared-memory stage (512 bits / 64 bytes of each row)
+THREADS = 256  # threads per block of the elementwise passes
+MIN_ARCH = {cuda_mma.MMA_B1: 80, cuda_mma.MMA_U8S8: 75, cuda_mma.MMA_U8U8: 75}
+
+
+def cuda_arch(target: Target) -> int:
+    """The compute capability of a CUDA target as an int (sm_89 → 89); 0 when it names none."""
+    arch = str(target.attrs.get("arch", ""))
+    return int(arch[3:]) if arch.startswith("sm_") and arch[3:].isdigit() else 0
+
+
+def mma_intrinsic(sch: s_tir.Schedule, gemm, target: Target) -> str | None:
+    """The tensor intrinsic of the GEMM block on `target`'s architecture, or None (CUDA cores)."""
+    a_dtype, b_dtype = (str(read.source.dtype) for read in sch.get(gemm).reads[0:2])
+    name = {("uint32", "uint32"): cuda_mma.MMA_B1, ("uint8", "int8"): cuda_mma.MMA_U8S8,
+            ("uint8", "uint8"): cuda_mma.MMA_U8U8}.get((a_dtype, b_dtype))
+    if name is None or cuda_arch(target) < MIN_ARCH[name]:
+        return None
+    return name
+
+
+class LowBitCUDA(GPUScheduleRule):
+    """The GEMM-form low-bit kernels on CUDA targets (module docstring)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        gemms = [block for block in blocks if sch.get(block).name_hint in GEMMS]
+        if len(gemms) != 1:
+            return None
+        schedule_gemm(sch, gemms[0], mma_intrinsic(sch, gemms[0], target))
+        schedule_elementwise(sch)
+        return sch
+
+
+def _tile(extent: int, warps: int, tiles: int) -> tuple[int, int]:
+    """(warps, tiles per warp) along one GEMM axis of `extent`: at most `warps` × `tiles` tiles
+    of 8, fewer for a small extent, so that padding wastes at most half a block."""
+    eights = -(-extent // 8)
+    while warps * tiles > 1 and warps * tiles > eights:
+        if tiles > 1:
+            tiles //= 2
+        else:
+            warps //= 2
+    return warps, tiles
+
+
+def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None) -> None:
+    """Tile, stage and (with `intrin`) tensorize the GEMM block `gemm` (module docstring)."""
+    rows, cols, depth = (int(iv.dom.extent) for iv in sch.get(gemm).iter_vars)
+    a_dtype = str(sch.get(gemm).reads[0].source.dtype)
+    k = cuda_mma.REDUCTION[cuda_mma.MMA_B1 if a_dtype == "uint32" else cuda_mma.MMA_U8S8]
+    warps_m, mi = _tile(rows, WARPS_M, MI)
+    warps_n, ni = _tile(cols, WARPS_N, NI)
+    steps = max(1, min(STEPS, -(-depth // k)))
+    sch.pad_einsum(gemm, [warps_m * mi * 8, warps_n * ni * 8, steps * k])
+    for block in sch.get_producers(gemm):
+        _inline_producers(sch, block)
+    r, c, d = sch.get_loops(gemm)
+    r0, r1, r2, r3 = sch.split(r, [None, warps_m, mi, 8])
+    c0, c1, c2, c3 = sch.split(c, [None, warps_n, ni, 8])
+    d0, d1, d2 = sch.split(d, [None, steps, k])
+    sch.reorder(r0, c0, r1, c1, d0, d1, r2, c2, r3, c3, d2)
+    sch.bind(sch.fuse(r0, c0), "blockIdx.x")
+    warp = sch.fuse(r1, c1)
+    sch.bind(warp, "threadIdx.y")
+    if intrin is None:  # CUDA cores: lane t owns row t // 4, columns 2·(t % 4) + {0, 1} of each tile
+        lanes, pair = sch.split(c3, [4, 2])
+        sch.reorder(r3, lanes, d0, d1, r2, c2, pair, d2)
+        lane = sch.fuse(r3, lanes)
+        sch.bind(lane, "threadIdx.x")
+    warps = warps_m * warps_n
+    for index in (0, 1):
+        copy = sch.cache_read(gemm, index, "shared")
+        sch.compute_at(copy, d0)
+        _inline_producers(sch, copy)
+        fused = sch.fuse(*sch.get_loops(copy)[-2:])
+        _, ty, tx = sch.split(fused, [None, warps, cuda_mma.WARP])
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+    if intrin is None:
+        accumulators = sch.cache_write(gemm, 0, "local")
+        sch.reverse_compute_at(accumulators, lane)
+        sch.decompose_reduction(gemm, d0)
+        for loop in (r2, c2, pair):
+            sch.unroll(loop)
+        return
+    accumulators = sch.cache_write(gemm, 0, "warp")
+    sch.reverse_compute_at(accumulators, warp)
+    sch.transform_layout(
+        accumulators, ("read", 0),
+        lambda i, j: (i // 8, j // 8, *cuda_mma.accumulator_layout(i % 8, j % 8)),
+    )
+    i, j = sch.get_loops(accumulators)[-2:]
+    i0, i1 = sch.split(i, [None, 8])
+    j0, j1 = sch.split(j, [None, 8])
+    sch.reorder(i0, j0, i1, j1)
+    sch.tensorize(i1, cuda_mma.STORE_GLOBAL)
+    init = sch.decompose_reduction(gemm, d0)
+    sch.tensorize(sch.get_loops(init)[-2], cuda_mma.FILL)
+    sch.tensorize(r3, intrin)
+
+
+def _inline_producers(sch: s_tir.Schedule, block) -> None:
+    """Inline every injective producer chain of `block` into it (padding, im2col, reorders)."""
+    for producer in sch.get_producers(block):
+        try:
+            sch.compute_inline(producer)
+        except s_tir.ScheduleError:
+            continue
+        _inline_producers(sch, block)
+        return
+
+
+def schedule_elementwise(sch: s_tir.Schedule) -> None:
+    """Every root block whose loops are not bound to threads yet (all but the GEMM's): those
+    that can be are inlined into their consumers; each one left has its leading spatial loops
+    fused and spread over blocks of THREADS threads (its reductions run in each thread)."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if _bound(sch, block):
+            continue
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            pass
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if _bound(sch, block):
+            continue
+        loops = sch.get_loops(block)
+        iter_vars = sch.get(block).iter_vars
+        spatial = next((i for i, iv in enumerate(iter_vars) if iv.iter_type != tirx.IterVar.DataPar), len(iter_vars))
+        if not spatial or len(loops) != len(iter_vars):
+            continue
+        bx, tx = sch.split(sch.fuse(*loops[:spatial]), [None, THREADS])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+
+
+def _bound(sch: s_tir.Schedule, block) -> bool:
+    return any(sch.get(loop).thread_binding is not None for loop in sch.get_loops(block))
