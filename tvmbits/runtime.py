@@ -11,8 +11,11 @@ Timings are `time_evaluator` runs in milliseconds, measured on the device itself
 profile times each compiled kernel inside the model's run, on the device (`board.profiler`).
 """
 
+import importlib.util
 import json
+import os
 import platform
+import shutil
 import socket
 import threading
 from dataclasses import dataclass
@@ -179,11 +182,16 @@ def _register_cuda_compiler(dev: tvm.runtime.Device) -> None:
     """A CUDA artifact holds its kernels as CUDA C source (TVM 0.27's `cuda` module format),
     compiled when the library is loaded by the global `tvm_callback_cuda_compile`: importing
     `tvm.support.nvcc` registers it (NVRTC through cuda-bindings; nvcc with
-    TVM_CUDA_COMPILE_MODE=nvcc). Refuses first, in one line, a machine with no CUDA device, where
+    TVM_CUDA_COMPILE_MODE=nvcc, which is chosen here when cuda-bindings is missing). Refuses first, in one line, a machine with no CUDA device, where
     loading would fail with TVM's own message."""
     if not dev.exist:
         raise BoardError("this machine has no CUDA device (or no CUDA driver) to run this artifact on")
     import tvm.support.nvcc  # noqa: F401 (registers tvm_callback_cuda_compile)
+
+    if "TVM_CUDA_COMPILE_MODE" not in os.environ and importlib.util.find_spec("cuda") is None:
+        if shutil.which("nvcc") is None:
+            raise BoardError("compiling this CUDA artifact's kernels needs NVRTC (pip install cuda-bindings) or nvcc")
+        os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"  # NVRTC's Python bindings are not installed
 
 
 def _reachable(host: str, port: int, where: str, timeout: float) -> None:
