@@ -26,6 +26,7 @@ Every other block of such a PrimFunc, and every PrimFunc without a GEMM, is left
 rules (TVM's dlight GPU rules and `Fallback`).
 """
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.target import Target
@@ -64,12 +65,26 @@ class LowBitCUDA(GPUScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        gemms = [block for block in blocks if sch.get(block).name_hint in GEMMS]
-        if len(gemms) != 1:
+        names = [sch.get(block).name_hint for block in blocks if sch.get(block).name_hint in GEMMS]
+        if len(names) != 1:
             return None
-        schedule_gemm(sch, gemms[0], mma_intrinsic(sch, gemms[0], target))
+        (name,) = names
+        # Relax gives int64 shapes; 32-bit indices are cheaper on the GPU (and fit every layer)
+        func = tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+        sch = s_tir.Schedule(func)
+        gemm = sch.get_sblock(name)
+        intrin = mma_intrinsic(sch, gemm, target)
+        try:
+            schedule_gemm(sch, gemm, intrin, fuse_epilogue=intrin is not None)
+        except (s_tir.ScheduleError, EpilogueNotFusable):  # the GEMM result goes through global memory
+            sch = s_tir.Schedule(func)
+            schedule_gemm(sch, sch.get_sblock(name), intrin, fuse_epilogue=False)
         schedule_elementwise(sch)
         return sch
+
+
+class EpilogueNotFusable(Exception):
+    """The GEMM's consumers are not one chain ending in an output of the GEMM's rows × columns."""
 
 
 def _tile(extent: int, warps: int, tiles: int) -> tuple[int, int]:
@@ -84,8 +99,10 @@ def _tile(extent: int, warps: int, tiles: int) -> tuple[int, int]:
     return warps, tiles
 
 
-def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None) -> None:
-    """Tile, stage and (with `intrin`) tensorize the GEMM block `gemm` (module docstring)."""
+def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None, fuse_epilogue: bool = False) -> None:
+    """Tile, stage and (with `intrin`) tensorize the GEMM block `gemm` (module docstring); with
+    `fuse_epilogue`, the accumulators go to a shared-memory tile from which the thread block
+    computes its part of the output (`_epilogue_at`) instead of to a global GEMM result."""
     rows, cols, depth = (int(iv.dom.extent) for iv in sch.get(gemm).iter_vars)
     a_dtype = str(sch.get(gemm).reads[0].source.dtype)
     k = cuda_mma.REDUCTION[cuda_mma.MMA_B1 if a_dtype == "uint32" else cuda_mma.MMA_U8S8]
@@ -100,7 +117,8 @@ def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None) -> None:
     c0, c1, c2, c3 = sch.split(c, [None, warps_n, ni, 8])
     d0, d1, d2 = sch.split(d, [None, steps, k])
     sch.reorder(r0, c0, r1, c1, d0, d1, r2, c2, r3, c3, d2)
-    sch.bind(sch.fuse(r0, c0), "blockIdx.x")
+    block_loop = sch.fuse(r0, c0)
+    sch.bind(block_loop, "blockIdx.x")
     warp = sch.fuse(r1, c1)
     sch.bind(warp, "threadIdx.y")
     if intrin is None:  # CUDA cores: lane t owns row t // 4, columns 2·(t % 4) + {0, 1} of each tile
@@ -124,6 +142,7 @@ def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None) -> None:
         for loop in (r2, c2, pair):
             sch.unroll(loop)
         return
+    staged = sch.cache_write(gemm, 0, "shared") if fuse_epilogue else None
     accumulators = sch.cache_write(gemm, 0, "warp")
     sch.reverse_compute_at(accumulators, warp)
     sch.transform_layout(
@@ -134,10 +153,45 @@ def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None) -> None:
     i0, i1 = sch.split(i, [None, 8])
     j0, j1 = sch.split(j, [None, 8])
     sch.reorder(i0, j0, i1, j1)
-    sch.tensorize(i1, cuda_mma.STORE_GLOBAL)
+    sch.tensorize(i1, cuda_mma.STORE_SHARED if fuse_epilogue else cuda_mma.STORE_GLOBAL)
     init = sch.decompose_reduction(gemm, d0)
     sch.tensorize(sch.get_loops(init)[-2], cuda_mma.FILL)
     sch.tensorize(r3, intrin)
+    if fuse_epilogue:
+        _epilogue_at(sch, staged, block_loop, rows, cols, warps)
+
+
+def _epilogue_at(sch: s_tir.Schedule, staged, block_loop, rows: int, cols: int, warps: int) -> None:
+    """Inline the chain of elementwise blocks from the shared tile `staged` copies out to the
+    function's output (the layer's epilogue and what FuseOps put after it) into its last block,
+    read that block as `[rows, cols]` (NHWC pixels flattened) and compute it inside each thread
+    block, `block_loop`, from the tile. Raises EpilogueNotFusable where the output is not the
+    GEMM's rows × columns one to one (several bit planes, a reshape after the kernel)."""
+    block = staged
+    while True:
+        consumers = sch.get_consumers(block)
+        if not consumers:
+            break
+        if len(consumers) != 1:
+            raise EpilogueNotFusable(f"{len(consumers)} consumers of {sch.get(block).name_hint}")
+        sch.compute_inline(block)
+        block = consumers[0]
+    shape = [int(iv.dom.extent) for iv in sch.get(block).iter_vars]
+    if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars):
+        raise EpilogueNotFusable("the output block reduces")
+    if len(shape) == 4 and shape[0] * shape[1] * shape[2] == rows and shape[3] == cols:
+        _, height, width, _ = shape
+        pixels = tirx.IndexMap.from_func(lambda n, y, x, o: ((n * height + y) * width + x, o), index_dtype="int32")
+        sch.transform_block_layout(block, pixels)
+    elif shape != [rows, cols]:
+        raise EpilogueNotFusable(f"output {shape} is not the GEMM's {rows} × {cols}")
+    sch.reverse_compute_at(block, block_loop)
+    loops = sch.get_loops(block)
+    inner = [loop for loop in loops if sch.get(loop).thread_binding is None]  # a unit axis may be gone
+    fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+    _, ty, tx = sch.split(fused, [None, warps, cuda_mma.WARP])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
 
 
 def _inline_producers(sch: s_tir.Schedule, block) -> None:

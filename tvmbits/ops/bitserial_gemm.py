@@ -26,7 +26,7 @@ padding is accounted for only by the weight term's border table and C·inside.
 
 from tvm import te, tirx
 
-from tvmbits.ops.bitpack import check_packed, words
+from tvmbits.ops.bitpack import check_packed
 from tvmbits.ops.bitserial_conv2d import pad_packed
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.window import Window
@@ -43,10 +43,13 @@ def bitserial_conv2d_gemm(
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
     offset: te.Tensor | None = None,
+    weight_term: te.Tensor | None = None,
 ) -> te.Tensor:
     """`bitserial_conv2d_nhwc` (same arguments, layouts and int32 `[N, OH, OW, O]` result) as an
     AND-popcount GEMM and an epilogue (module docstring). `offset`, when given, is
-    `window_offset` of the same data: the β term, computed beforehand."""
+    `window_offset` of the same data: the β term, computed beforehand; `weight_term`, when given,
+    is `weight_sums` of the same weights (the compiler folds it into a constant). Either is
+    computed here when needed and not given."""
     batch, height, width, _, packed_words = (int(d) for d in data.shape)
     out_channels, kernel_h, kernel_w, _, _ = (int(d) for d in weight.shape)
     in_channels = int(in_channels)
@@ -81,18 +84,19 @@ def bitserial_conv2d_gemm(
     pixel_term = None
     if wgt.offset and offset is None:
         pixel_term = _activation_sums(cols, act, wgt.offset)
-    weight_term = _border_weight_sums(weight, wgt, act.offset, window) if act.offset else None
+    if act.offset and weight_term is None:
+        weight_term = weight_sums(weight, act, wgt, window)
 
     def output(n, y, x, o):
         m = (n * out_h + y) * out_w + x
-        total = _plane_sum(products, m, o, act, wgt)
+        terms = []  # the tables first, the GEMM last (see `_sum`)
         if wgt.offset:
-            total = total + (offset[n, y, x] if offset is not None else pixel_term[m])
+            terms.append(offset[n, y, x] if offset is not None else pixel_term[m])
         if act.offset:
-            total = total + weight_term[window.border_class(y, 0), window.border_class(x, 1), o]
+            terms.append(weight_term[window.border_class(y, 0), window.border_class(x, 1), o])
             if wgt.offset:
-                total = total + act.offset * wgt.offset * in_channels * window.taps_inside(y, x)
-        return total
+                terms.append(act.offset * wgt.offset * in_channels * window.taps_inside(y, x))
+        return _sum(terms + [_plane_sum(products, m, o, act, wgt)])
 
     return te.compute((batch, out_h, out_w, out_channels), output, name="bitserial_gemm_epilogue")
 
@@ -104,10 +108,12 @@ def bitserial_dense_gemm(
     act: Encoding,
     wgt: Encoding,
     offset: te.Tensor | None = None,
+    weight_term: te.Tensor | None = None,
 ) -> te.Tensor:
     """`bitserial_dense` (same arguments, layouts and int32 `[N, O]` result) as an
     AND-popcount GEMM and an epilogue (module docstring, with one tap and no padding).
-    `offset`, when given, is `row_offset` of the same data."""
+    `offset`, when given, is `row_offset` of the same data, `weight_term` `weight_sums` of the
+    same weights (`[1, 1, O]`)."""
     batch, _, packed_words = (int(d) for d in data.shape)
     out_features = int(weight.shape[0])
     in_features = int(in_features)
@@ -119,22 +125,18 @@ def bitserial_dense_gemm(
                       name="bitserial_weight_matrix")
     products = and_popcount_gemm(cols, rows)
     pixel_term = _activation_sums(cols, act, wgt.offset) if wgt.offset and offset is None else None
-    weight_term = None
-    if act.offset:
-        full = Window((1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
-        weight_term = _border_weight_sums(te.compute(
-            (out_features, 1, 1, wgt.bits, packed_words), lambda o, _y, _x, j, w: weight[o, j, w],
-            name="bitserial_weight_tap"), wgt, act.offset, full)
+    if act.offset and weight_term is None:
+        weight_term = weight_sums(weight, act, wgt)
 
     def output(n, o):
-        total = _plane_sum(products, n, o, act, wgt)
+        terms = []  # the tables first, the GEMM last (see `_sum`)
         if wgt.offset:
-            total = total + (offset[n] if offset is not None else pixel_term[n])
+            terms.append(offset[n] if offset is not None else pixel_term[n])
         if act.offset:
-            total = total + weight_term[0, 0, o]
+            terms.append(weight_term[0, 0, o])
             if wgt.offset:
-                total = total + act.offset * wgt.offset * in_features
-        return total
+                terms.append(act.offset * wgt.offset * in_features)
+        return _sum(terms + [_plane_sum(products, n, o, act, wgt)])
 
     return te.compute((batch, out_features), output, name="bitserial_gemm_epilogue")
 
@@ -147,6 +149,16 @@ def and_popcount_gemm(cols: te.Tensor, rows: te.Tensor) -> te.Tensor:
         lambda r, c: te.sum(tirx.popcount(cols[r, k] & rows[c, k]).astype("int32"), axis=k),
         name=GEMM,
     )
+
+
+def _sum(terms: list):
+    """Σ terms, in order. The epilogues add the corrections before the GEMM's sum, so that
+    `te.create_prim_func` puts the blocks computing them before the GEMM block: the GPU schedule
+    computes the epilogue inside the GEMM's thread blocks, which needs its other inputs ready."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def _plane_sum(products: te.Tensor, m, o, act: Encoding, wgt: Encoding):
@@ -174,10 +186,17 @@ def _activation_sums(cols: te.Tensor, act: Encoding, beta: int) -> te.Tensor:
     return te.compute((int(cols.shape[0]) // act.bits,), total, name="bitserial_activation_sum")
 
 
-def _border_weight_sums(weight: te.Tensor, wgt: Encoding, alpha: int, window: Window) -> te.Tensor:
-    """int32 `[row classes, column classes, O]`: α Σ_j d_j Σ popc(W_j) over the taps inside the
-    input of each border class (`Window.border_class`) (TE computes `bitserial_weight_plane_sum`
-    and `bitserial_weight_border`)."""
+def weight_sums(weight: te.Tensor, act: Encoding, wgt: Encoding, window: Window | None = None) -> te.Tensor:
+    """int32 `[row classes, column classes, O]`: the weight term α Σ_j d_j Σ popc(W_j) over the
+    taps inside the input of each border class (`Window.border_class`) of a conv's `window`;
+    `[1, 1, O]` over all of a dense layer's weight (`[O, planes, words]`, no window). It
+    depends on the weights only (TE computes `bitserial_weight_plane_sum` and
+    `bitserial_weight_border`)."""
+    alpha = act.offset
+    if window is None:
+        weight = te.compute((*weight.shape[:1], 1, 1, *weight.shape[1:]), lambda o, _y, _x, j, w: weight[o, j, w],
+                            name="bitserial_weight_tap")
+        window = Window((1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
     out_channels, kernel_h, kernel_w, _, packed_words = (int(d) for d in weight.shape)
     w = te.reduce_axis((0, packed_words), "ww")
 
@@ -202,7 +221,3 @@ def _border_weight_sums(weight: te.Tensor, wgt: Encoding, alpha: int, window: Wi
     shape = (window.class_count(0), window.class_count(1), out_channels)
     return te.compute(shape, entry, name="bitserial_weight_border")
 
-
-def gemm_words(in_channels: int, kernel: tuple[int, int] = (1, 1)) -> int:
-    """The GEMM's reduction length in uint32 words: taps × words per pixel."""
-    return kernel[0] * kernel[1] * words(in_channels)

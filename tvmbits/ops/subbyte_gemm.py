@@ -62,9 +62,9 @@ def subbyte_conv2d_gemm(
     if bias(act) and offset is None:
         offset = weight_offset_te(values, act, out_channels)
 
-    def output(n, y, x, o):
+    def output(n, y, x, o):  # the offset first: its block then comes before the GEMM's (bitserial_gemm._sum)
         total = products[(n * out_h + y) * out_w + x, o]
-        return total - offset[o] if bias(act) else total
+        return -offset[o] + total if bias(act) else total
 
     return te.compute((batch, out_h, out_w, out_channels), output, name="subbyte_gemm_epilogue")
 
@@ -94,7 +94,7 @@ def subbyte_dense_gemm(
         offset = weight_offset_te(values, act, out_features)
 
     def output(n, o):
-        return products[n, o] - offset[o] if bias(act) else products[n, o]
+        return -offset[o] + products[n, o] if bias(act) else products[n, o]
 
     return te.compute((int(data.shape[0]), out_features), output, name="subbyte_gemm_epilogue")
 
