@@ -13,14 +13,18 @@ over taps × channels). `LowBitCUDA` schedules a PrimFunc holding one such GEMM 
   whole reduction; the reduction runs in steps of STEPS MMA depths (128 bits or 16 bytes each),
   whose A and B tiles the block's threads copy into shared memory first (the im2col and weight
   reordering computes, and the conv's padding, are inlined into that copy, so neither is
-  written to global memory);
+  written to global memory), rows padded so that an MMA's operand loads are free of bank
+  conflicts; small GEMMs get fewer warps and tiles (`_tile`);
 - with tensor cores (`mma_intrinsic`: sm_80+ for 1-bit, where PTX has `.and.popc`; sm_75+ for
   bytes) each 8 × 8 × K step is one `mma.sync` (`cuda_mma.py`; BMMA / IMMA in SASS); below
   those architectures the same tiles run on CUDA cores, each thread accumulating a column of
   its warp's tile in registers with `__popc` (bits) or byte products;
-- the accumulators are stored once to a global int32 GEMM result, and the epilogue (plane
-  combination, the per-pixel and per-channel popcount corrections, the zero-point and scale
-  of the layer, whatever FuseOps put after the kernel) is one elementwise pass over the output.
+- with tensor cores, the accumulators go once to a shared-memory tile, from which the same thread
+  block computes its part of the output: the epilogue (the per-pixel and per-channel popcount
+  corrections, which come in as inputs, the layer's scale, whatever FuseOps put after the
+  kernel) is inlined there (`_epilogue_at`). Where it cannot be (several bit planes per pixel
+  or channel, an output that is not the GEMM's rows × columns) and on CUDA cores, the
+  accumulators are stored to a global int32 GEMM result and the epilogue is a pass of its own.
 
 Every other block of such a PrimFunc, and every PrimFunc without a GEMM, is left to the next
 rules (TVM's dlight GPU rules and `Fallback`).
@@ -130,6 +134,10 @@ def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None, fuse_epilogue: 
     for index in (0, 1):
         copy = sch.cache_read(gemm, index, "shared")
         sch.compute_at(copy, d0)
+        # rows an odd multiple of 16 bytes apart: the 8 rows × 4 lanes of one MMA operand load
+        # then hit 32 different banks
+        per_word = 1 if a_dtype == "uint32" else 4
+        sch.storage_align(copy, 0, axis=-2, factor=8 * per_word, offset=4 * per_word)
         _inline_producers(sch, copy)
         fused = sch.fuse(*sch.get_loops(copy)[-2:])
         _, ty, tx = sch.split(fused, [None, warps, cuda_mma.WARP])

@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 import pytest
 import tvm
-from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, pair_id, pairs
+from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, Conv, pair_id, pairs
 from cuda_emulator import emulate
 from lowbit_kernels import pack_weight, random_codes, upstream
 from tvm import te
@@ -36,6 +36,8 @@ pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(shutil.which("g++") is None, reason="g++ (C++20) compiles the emulated kernels")]
 
 U2, S2, U4, S4 = Encoding("unsigned", 2), Encoding("signed", 2), Encoding("unsigned", 4), Encoding("signed", 4)
+U8 = Encoding("unsigned", 8)
+RESNET_3x3 = Conv(2, (14, 14), 128, 128, (3, 3), (1, 1), (1, 1, 1, 1))  # whole 64 × 64 tiles, 13 thread blocks
 
 
 def _cpu(func):
@@ -113,6 +115,7 @@ def folder(tmp_path_factory):
 
 CASES = [  # (kernel, geometry, act, wgt, arch, separate)
     ("bitserial", CONVS[1], BIPOLAR, BIPOLAR, "sm_80", True),
+    ("bitserial", RESNET_3x3, BIPOLAR, BIPOLAR, "sm_80", True),
     ("bitserial", CONVS[2], U2, S2, "sm_80", True),
     ("bitserial", CONVS[3], BIPOLAR, U2, "sm_80", True),
     ("bitserial", CONVS[1], BIPOLAR, BIPOLAR, "sm_80", False),
@@ -120,6 +123,7 @@ CASES = [  # (kernel, geometry, act, wgt, arch, separate)
     ("bitserial", CONVS[5], BIPOLAR, BIPOLAR, "sm_75", True),
     ("subbyte", CONVS[1], U4, S4, "sm_80", True),
     ("subbyte", DENSES[1], BIPOLAR, BIPOLAR, "sm_90", True),
+    ("subbyte", DENSES[2], U8, U8, "sm_80", True),
     ("subbyte", CONVS[2], S2, U2, "sm_70", True),
 ]
 
