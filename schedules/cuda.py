@@ -31,6 +31,9 @@ rules (TVM's dlight GPU rules and `Fallback`).
 """
 
 import tvm
+import tvm_ffi
+from dataclasses import dataclass
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.target import Target
@@ -42,7 +45,38 @@ WARPS_M, WARPS_N = 2, 2  # warps of a thread block along rows and columns
 MI, NI = 4, 4  # 8 × 8 MMA tiles of one warp along rows and columns
 STEPS = 4  # MMA depths per shared-memory stage (512 bits / 64 bytes of each row)
 THREADS = 256  # threads per block of the elementwise passes
+SHARED_BYTES = 48 * 1024  # shared memory a block may use without opting in, on every GPU
 MIN_ARCH = {cuda_mma.MMA_B1: 80, cuda_mma.MMA_U8S8: 75, cuda_mma.MMA_U8U8: 75}
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A thread block's GEMM tile: warps × MMA tiles per warp along rows and columns, and MMA
+    depths per shared-memory stage (each shrunk for a small GEMM by `_tile`)."""
+
+    warps_m: int = WARPS_M
+    warps_n: int = WARPS_N
+    mi: int = MI
+    ni: int = NI
+    steps: int = STEPS
+
+    def shared_bytes(self) -> int:
+        """Shared memory of a block at most: the A and B stages (16 bytes a step per row, plus
+        the bank-conflict padding) and the accumulator tile of the fused epilogue."""
+        rows, cols = self.warps_m * self.mi * 8, self.warps_n * self.ni * 8
+        return (rows + cols) * (16 * self.steps + 16) + rows * cols * 4
+
+
+DEFAULT_TILE = Tile()
+assert DEFAULT_TILE.shared_bytes() <= SHARED_BYTES
+# What `tvmbits tune --target cuda` measures (`design_spaces`): block tiles of 16 × 16 to
+# 128 × 64 and 1 to 8 MMA depths per stage, around the default
+TUNED_TILES = [
+    Tile(warps_m, warps_n, mi, ni, steps)
+    for warps_m, warps_n in ((1, 1), (2, 2), (4, 2), (2, 4))
+    for mi, ni in ((2, 2), (4, 4), (4, 2))
+    for steps in (2, 4, 8)
+]
 
 
 def cuda_arch(target: Target) -> int:
@@ -67,24 +101,58 @@ class LowBitCUDA(GPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        names = [sch.get(block).name_hint for block in blocks if sch.get(block).name_hint in GEMMS]
-        if len(names) != 1:
-            return None
-        (name,) = names
-        # Relax gives int64 shapes; 32-bit indices are cheaper on the GPU (and fit every layer)
+        return schedule_cuda(func, target)
+
+
+def gemm_name(func: tirx.PrimFunc) -> str | None:
+    """The name of `func`'s one GEMM block (`GEMMS`), or None."""
+    sch = s_tir.Schedule(func)
+    names = [sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))]
+    gemms = [name for name in names if name in GEMMS]
+    return gemms[0] if len(gemms) == 1 else None
+
+
+def is_tunable(func: tirx.PrimFunc) -> bool:
+    """Whether `func` holds one GEMM block, whose tile `design_spaces` varies."""
+    return gemm_name(func) is not None
+
+
+def schedule_cuda(func: tirx.PrimFunc, target: Target, tile: Tile = DEFAULT_TILE,
+                  narrow: bool = True) -> s_tir.Schedule | None:
+    """`func` scheduled as the module docstring says with `tile`, or None without a GEMM block.
+    With `narrow`, the function's indices are made 32-bit first (Relax gives int64 shapes;
+    32-bit index arithmetic is cheaper on a GPU and fits every layer); tuning keeps the function
+    as it is, so that its records match the function the compiler looks them up with."""
+    name = gemm_name(func)
+    if name is None:
+        return None
+    if narrow:
         func = tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+    sch = s_tir.Schedule(func)
+    intrin = mma_intrinsic(sch, sch.get_sblock(name), target)
+    try:
+        schedule_gemm(sch, sch.get_sblock(name), intrin, fuse_epilogue=intrin is not None, tile=tile)
+    except (s_tir.ScheduleError, EpilogueNotFusable):  # the GEMM result goes through global memory
         sch = s_tir.Schedule(func)
-        gemm = sch.get_sblock(name)
-        intrin = mma_intrinsic(sch, gemm, target)
-        try:
-            schedule_gemm(sch, gemm, intrin, fuse_epilogue=intrin is not None)
-        except (s_tir.ScheduleError, EpilogueNotFusable):  # the GEMM result goes through global memory
-            sch = s_tir.Schedule(func)
-            schedule_gemm(sch, sch.get_sblock(name), intrin, fuse_epilogue=False)
-        schedule_elementwise(sch)
-        return sch
+        schedule_gemm(sch, sch.get_sblock(name), intrin, fuse_epilogue=False, tile=tile)
+    schedule_elementwise(sch)
+    return sch
+
+
+def design_spaces(func: tirx.PrimFunc, target: Target) -> list[s_tir.Schedule]:
+    """`func` scheduled with each of TUNED_TILES that gives a distinct schedule: the design space
+    `tvmbits tune` searches on CUDA targets (each schedule one point, its tile fixed, since
+    the padding of the GEMM depends on it)."""
+    spaces, seen = [], set()
+    for tile in TUNED_TILES:
+        if tile.shared_bytes() > SHARED_BYTES:
+            continue
+        sch = schedule_cuda(func, target, tile, narrow=False)
+        key = tvm_ffi.structural_hash(sch.mod)
+        if key not in seen:
+            seen.add(key)
+            spaces.append(sch)
+    return spaces
 
 
 class EpilogueNotFusable(Exception):
@@ -103,16 +171,17 @@ def _tile(extent: int, warps: int, tiles: int) -> tuple[int, int]:
     return warps, tiles
 
 
-def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None, fuse_epilogue: bool = False) -> None:
+def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None, fuse_epilogue: bool = False,
+                  tile: Tile = DEFAULT_TILE) -> None:
     """Tile, stage and (with `intrin`) tensorize the GEMM block `gemm` (module docstring); with
     `fuse_epilogue`, the accumulators go to a shared-memory tile from which the thread block
     computes its part of the output (`_epilogue_at`) instead of to a global GEMM result."""
     rows, cols, depth = (int(iv.dom.extent) for iv in sch.get(gemm).iter_vars)
     a_dtype = str(sch.get(gemm).reads[0].source.dtype)
     k = cuda_mma.REDUCTION[cuda_mma.MMA_B1 if a_dtype == "uint32" else cuda_mma.MMA_U8S8]
-    warps_m, mi = _tile(rows, WARPS_M, MI)
-    warps_n, ni = _tile(cols, WARPS_N, NI)
-    steps = max(1, min(STEPS, -(-depth // k)))
+    warps_m, mi = _tile(rows, tile.warps_m, tile.mi)
+    warps_n, ni = _tile(cols, tile.warps_n, tile.ni)
+    steps = max(1, min(tile.steps, -(-depth // k)))
     sch.pad_einsum(gemm, [warps_m * mi * 8, warps_n * ni * 8, steps * k])
     for block in sch.get_producers(gemm):
         _inline_producers(sch, block)

@@ -52,6 +52,14 @@ class Profile:
         """Whether the profile's code runs on this machine's CPU (same architecture)."""
         return self.arch == host_arch()
 
+    @property
+    def log_name(self) -> str:
+        """The name of the profile's tuning logs (`tuning_logs/<log_name>`): the profile's name,
+        and for a CUDA profile its architecture too (`cuda-sm_80`), whose kernels differ."""
+        if self.target.get("kind") != "cuda":
+            return self.name
+        return f"{self.name}-{self.tvm_target().attrs['arch']}"
+
     def tvm_target(self) -> tvm.target.Target:
         host = _resolve(self.host, self.native) if self.host else None
         return tvm.target.Target(_resolve(self.target, self.native, self.fallback_arch), host=host)

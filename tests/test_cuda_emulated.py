@@ -31,6 +31,7 @@ from tvmbits.ops.subbyte import subbyte_pack
 from tvmbits.ops.subbyte_gemm import subbyte_conv2d_gemm, subbyte_dense_gemm
 from tvmbits.ops.window import Window
 from tvmbits.schedules import default_rules
+from tvmbits.schedules.cuda import schedule_cuda
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(shutil.which("g++") is None, reason="g++ (C++20) compiles the emulated kernels")]
@@ -45,7 +46,7 @@ def _cpu(func):
 
 
 @functools.cache
-def _kernel(kernel, a_shape, out_channels, w_shape, w_dtype, act, wgt, conv_args, arch, separate):
+def _kernel(kernel, a_shape, out_channels, w_shape, w_dtype, act, wgt, conv_args, arch, separate, tile):
     """The scheduled CUDA PrimFunc and the CPU functions that compute its term inputs."""
     codes = te.placeholder(a_shape, "int32", "codes")
     weight = te.placeholder(w_shape, w_dtype, "weight")
@@ -68,15 +69,18 @@ def _kernel(kernel, a_shape, out_channels, w_shape, w_dtype, act, wgt, conv_args
         inputs += list(given.values())
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host="llvm")
     mod = tvm.IRModule({"main": te.create_prim_func([*inputs, out])})
-    with target:
-        mod = dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
+    if tile is None:
+        with target:
+            mod = dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
+    else:  # one point of the tuning design space, with the function's indices as they come
+        mod = schedule_cuda(mod["main"], target, tile, narrow=False).mod
     return mod, target, sorted(given), terms, tuple(int(d) for d in out.shape)
 
 
-def run(kernel, a, w, act, wgt, *conv_args, arch="sm_80", separate=True, folder):
+def run(kernel, a, w, act, wgt, *conv_args, arch="sm_80", separate=True, tile=None, folder):
     w_packed = pack_weight(kernel, w, wgt)
     mod, target, given, terms, shape = _kernel(kernel, a.shape, w.shape[0], w_packed.shape, w_packed.dtype.name,
-                                               act, wgt, tuple(tuple(x) for x in conv_args), arch, separate)
+                                               act, wgt, tuple(tuple(x) for x in conv_args), arch, separate, tile)
     args = [upstream(act, a), w_packed]
     if "offset" in given:  # β Σ (value_a − α): β Σ_i c_i popc(A_i) over the taps inside
         bits = act.decode(a) - act.offset

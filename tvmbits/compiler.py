@@ -166,7 +166,7 @@ def _tuning_database(options: CompileOptions, profile, log):
     """The tuning database to apply and its path, or (None, None)."""
     if not options.use_tuning:
         return None, None
-    path = Path(options.tuning_log) if options.tuning_log else tuning_log.default_log(profile.name)
+    path = Path(options.tuning_log) if options.tuning_log else tuning_log.default_log(profile.log_name)
     if not options.tuning_log and not path.is_dir():
         return None, None
     log(f"applying tuning log {path}")
