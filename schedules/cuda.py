@@ -17,8 +17,9 @@ over taps × channels). `LowBitCUDA` schedules a PrimFunc holding one such GEMM 
   conflicts; small GEMMs get fewer warps and tiles (`_tile`);
 - with tensor cores (`mma_intrinsic`: sm_80+ for 1-bit, where PTX has `.and.popc`; sm_75+ for
   bytes) each 8 × 8 × K step is one `mma.sync` (`cuda_mma.py`; BMMA / IMMA in SASS); below
-  those architectures the same tiles run on CUDA cores, each thread accumulating a column of
-  its warp's tile in registers with `__popc` (bits) or byte products;
+  those architectures the same tiles run on CUDA cores, lane t of a warp accumulating row t / 4,
+  columns 2·(t % 4) + {0, 1} of each of its warp's tiles in registers, with `__popc` (bits) or
+  byte products;
 - with tensor cores, the accumulators go once to a shared-memory tile, from which the same thread
   block computes its part of the output: the epilogue (the per-pixel and per-channel popcount
   corrections, which come in as inputs, the layer's scale, whatever FuseOps put after the
@@ -26,14 +27,16 @@ over taps × channels). `LowBitCUDA` schedules a PrimFunc holding one such GEMM 
   or channel, an output that is not the GEMM's rows × columns) and on CUDA cores, the
   accumulators are stored to a global int32 GEMM result and the epilogue is a pass of its own.
 
-Every other block of such a PrimFunc, and every PrimFunc without a GEMM, is left to the next
-rules (TVM's dlight GPU rules and `Fallback`).
+The other blocks of such a PrimFunc (the activation packing FuseOps put before the kernel, an
+epilogue that could not be fused) are inlined where they can be, else spread over blocks of
+THREADS threads (`schedule_elementwise`). A PrimFunc without a GEMM is left to the next rules
+(TVM's dlight GPU rules and `Fallback`). `design_spaces` is what `tvmbits tune` searches.
 """
+
+from dataclasses import dataclass
 
 import tvm
 import tvm_ffi
-from dataclasses import dataclass
-
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.target import Target
@@ -68,9 +71,8 @@ class Tile:
 
 
 DEFAULT_TILE = Tile()
-assert DEFAULT_TILE.shared_bytes() <= SHARED_BYTES
 # What `tvmbits tune --target cuda` measures (`design_spaces`): block tiles of 16 × 16 to
-# 128 × 64 and 1 to 8 MMA depths per stage, around the default
+# 128 × 64 and 2 to 8 MMA depths per stage, around the default (those within SHARED_BYTES)
 TUNED_TILES = [
     Tile(warps_m, warps_n, mi, ni, steps)
     for warps_m, warps_n in ((1, 1), (2, 2), (4, 2), (2, 4))
@@ -299,7 +301,8 @@ def schedule_elementwise(sch: s_tir.Schedule) -> None:
         loops = sch.get_loops(block)
         iter_vars = sch.get(block).iter_vars
         spatial = next((i for i, iv in enumerate(iter_vars) if iv.iter_type != tirx.IterVar.DataPar), len(iter_vars))
-        if not spatial or len(loops) != len(iter_vars):
+        if not spatial or len(loops) != len(iter_vars):  # one thread then (a scalar, a reduction to one value)
+            sch.bind(sch.add_unit_loop(loops[0] if loops else block), "threadIdx.x")
             continue
         bx, tx = sch.split(sch.fuse(*loops[:spatial]), [None, THREADS])
         sch.bind(bx, "blockIdx.x")
