@@ -234,8 +234,12 @@ def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None, fuse_epilogue: 
     sch.reorder(i0, j0, i1, j1)
     sch.tensorize(i1, cuda_mma.STORE_SHARED if fuse_epilogue else cuda_mma.STORE_GLOBAL)
     init = sch.decompose_reduction(gemm, d0)
+    init_rows, init_cols = sch.get_loops(init)[-4:-2]
     sch.tensorize(sch.get_loops(init)[-2], cuda_mma.FILL)
     sch.tensorize(r3, intrin)
+    # unrolled, so that every accumulator has a constant index: registers, not local memory
+    for loop in (i0, j0, init_rows, init_cols, d1, r2, c2):
+        sch.unroll(loop)
     if fuse_epilogue:
         _epilogue_at(sch, staged, block_loop, rows, cols, warps)
 
