@@ -43,7 +43,9 @@ after it. Output channels are split into vectors of `LANES`:
 
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize, a layout transpose) inlined into the packing and its loops
-parallelised, vectorised along the pixels of a row when the input is NCHW.
+parallelised; `bitpack`'s 16 partial words (`bitpack_lanes`) are one vector step over channels
+inside the loop over words when the codes are contiguous in channels (NHWC), and the word is
+one expression vectorised along the pixels of a row when the input is NCHW.
 `ParallelCPU` takes every other PrimFunc: layout transposes are copied in L1-sized tiles,
 reductions along pixels (NHWC pooling, means) are vectorised over channels, the rest just runs
 its outer loops in parallel.
@@ -61,8 +63,10 @@ from tvmbits.schedules.arm_dot import ARM_INTRINSICS, SDOT_16x4, SDOT_16x16, arm
 from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
-PACKS = ("bitpack", "subbyte_pack")
+PACKS = ("bitpack_lanes", "bitpack", "subbyte_pack")
 TABLES = ("bitserial_weight_popcount", "bitserial_border")  # per-call tables of the weights
+# the block annotation TVM's SplitLayoutRewritePreproc moves into a function of its own
+PREPACK = "meta_schedule.layout_rewrite_preproc"
 LANES = BLOCK  # int32 accumulators per vector; the sub-byte weights come blocked by it
 GROUPS = 4  # vectors of output channels accumulated together for one pixel
 MAX_PIXELS = 8  # LLVM can take minutes to allocate registers for much larger unrolled tiles
@@ -223,6 +227,8 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
             kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
         )
         _parallelize(sch, copy)
+        # of a constant weight, the copy is made once at compile time (`pipeline.PrepackWeights`)
+        sch.annotate(copy, PREPACK, 1)
     for producer in blocks[:index]:  # after the weight copy, which tables of the weights then read
         if sch.get(producer).name_hint in TABLES:
             _vectorize_table(sch, producer)
@@ -418,6 +424,7 @@ def _register_tile(vectors: int, height: int, width: int, budget: int, prefer_gr
 
 
 def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> None:
+    lanes = None
     for i, block in enumerate(blocks):
         if i < first_pack:
             try:
@@ -425,8 +432,30 @@ def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> Non
                 continue
             except s_tir.ScheduleError:
                 pass
+        if sch.get(block).name_hint == "bitpack_lanes":
+            lanes = block
+            continue
+        if lanes is not None and _reads_along_last_axis(sch, lanes):
+            # codes contiguous in channels (NHWC): each word's partial words are one vector step
+            _parallelize(sch, block)
+            sch.compute_at(lanes, sch.get_loops(block)[-1])
+            sch.vectorize(sch.get_loops(lanes)[-1])
+            continue
+        if lanes is not None:  # e.g. an NCHW input: the word as one expression, vectorised along pixels
+            sch.compute_inline(lanes)
+        lanes = None
         if not _vectorize_along_input(sch, block):
             _parallelize(sch, block)
+
+
+def _reads_along_last_axis(sch: s_tir.Schedule, block) -> bool:
+    """Whether each of the block's reads is indexed, on its buffer's last axis, by the block's
+    innermost iterator (consecutive iterations read consecutive elements)."""
+    inner = sch.get(block).iter_vars[-1].var
+    reads = sch.get(block).reads
+    return bool(reads) and all(
+        any(var.same_as(inner) for var in tirx.analysis.undefined_vars(read.region[-1].min)) for read in reads
+    )
 
 
 def _vectorize_along_input(sch: s_tir.Schedule, block) -> bool:

@@ -48,9 +48,3 @@ echo "setup: installing tvmbits and its dependencies into .venv"
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -c "import tvm, tvmbits; print('setup: tvmbits', tvmbits.__version__, 'on TVM', tvm.__version__)"
-# `tvmbits check --target armv7`: libtvm_ffi cross-built for armhf from the tvm-ffi sources and the
-# C harness, cached in .cache/check (about 3 min the first time; later runs only check)
-.venv/bin/python -c "
-from tvmbits.check.emulator import build
-from tvmbits.targets.profile import load
-build(load('armv7'), log=lambda m: print('setup:', m, flush=True))"

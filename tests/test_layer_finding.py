@@ -10,7 +10,7 @@ from onnx import helper
 
 from compiled import compile_file, run_local
 from onnx_models import bipolar, make_model
-from tvmbits.compiler import CompileOptions, lower_model
+from tvmbits.compiler import CompileOptions, plan_model
 
 
 @pytest.mark.parametrize("auto_pad, stride, size", [("SAME_UPPER", 1, 8), ("SAME_LOWER", 2, 7)])
@@ -42,7 +42,7 @@ def test_one_dimensional_convolutions_are_listed(tmp_path):
     model = make_model(nodes, [("input", [1, 4, 16])], [("z", [1, 8, 14])],
                        {"w": bipolar(rng, (8, 4, 3)), "v": rng.standard_normal((8, 8, 3)).astype(np.float32)})
     onnx.save(model, tmp_path / "c1d.onnx")
-    plans = [plan.to_json() for plan in lower_model(tmp_path / "c1d.onnx", CompileOptions()).plans]
+    plans = [plan.to_json() for plan in plan_model(tmp_path / "c1d.onnx", CompileOptions()).plans]
     assert [(plan["name"], plan["op"], plan["kernel"]) for plan in plans] == [
         ("bconv1d", "conv1d", "float"), ("fconv1d", "conv1d", "float")
     ]

@@ -6,13 +6,13 @@ import onnx
 import pytest
 from compiled import compile_file, run_local
 from onnx_models import float_cnn
-from tvmbits.compiler import CompileOptions, lower_model
+from tvmbits.compiler import CompileOptions, plan_model
 from tvmbits.ops import reference
 
 
 def plans_for(model, wbits, abits, samples, all_layers=True):
     options = CompileOptions(wbits=wbits, abits=abits, all_layers=all_layers, calibrate=samples)
-    return {plan.name: plan for plan in lower_model(model, options).plans}
+    return {plan.name: plan for plan in plan_model(model, options).plans}
 
 
 def simulate(plans, x, weights):

@@ -63,8 +63,8 @@ def compile(  # noqa: A001 (the public name is the verb)
 
 
 @dataclass
-class Lowered:
-    """A model imported, planned and lowered into low-bit operators, not yet fused or built."""
+class Planned:
+    """A model imported and planned: each layer's plan in its layer function, nothing lowered."""
 
     mod: tvm.IRModule
     plans: list
@@ -74,14 +74,14 @@ class Lowered:
     source: str
 
 
-def lower_model(
+def plan_model(
     model: "str | Path | onnx.ModelProto",
     options: CompileOptions,
     log: Callable[[str], None] = lambda message: None,
     dump: "pipeline.DumpIR | None" = None,
-) -> Lowered:
-    """Import `model` and run the pipeline's phases up to LowerLowBit (used by `compile` and by
-    the tuner, which must see the same kernels)."""
+) -> Planned:
+    """Import `model` and run the pipeline's phases up to Calibrate (used by `compile`, by the
+    tuner, which must see the same kernels, and by `check`, which needs only the plans)."""
     profile = profiles.load(options.target, options.arch)
     check_bits("--wbits", options.wbits)
     check_bits("--abits", options.abits)
@@ -105,9 +105,7 @@ def lower_model(
     plans = pipeline.layer_plans(mod, imported.layer_names)
     lowered = sum(plan.kernel != "float" for plan in plans)
     log(f"lowering {lowered} of {len(plans)} conv/dense layers to low-bit kernels")
-    with target:  # LowerLowBit picks the kernels' GEMM forms for CUDA targets
-        mod = pipeline.run(mod, pipeline.build_phases(target)[:1])
-    return Lowered(mod, plans, imported, profile, target, source)
+    return Planned(mod, plans, imported, profile, target, source)
 
 
 def compile_with(
@@ -118,11 +116,11 @@ def compile_with(
         tuning_log.check_folder(options.tuning_log)  # before the slow work
     dump = pipeline.DumpIR(options.dump_ir) if options.dump_ir else None
     with tvm.transform.PassContext(instruments=[dump] if dump else []):
-        lowered = lower_model(model, options, log, dump)
-        profile, target = lowered.profile, lowered.target
+        planned = plan_model(model, options, log, dump)
+        profile, target = planned.profile, planned.target
         log(f"building for {profile.name} ({target.kind.name})")
         database, log_path = _tuning_database(options, profile, log)
-        mod = pipeline.run(lowered.mod, pipeline.build_phases(target, database)[1:])
+        mod = pipeline.run(planned.mod, pipeline.build_phases(target, database))
     tuned = int(mod.attrs[pipeline.TUNED_KERNELS])
     if database is not None:
         log(f"{tuned} kernels scheduled from the tuning log, the rest by the default schedules")
@@ -135,13 +133,13 @@ def compile_with(
         "arch": profile.arch,
         "device": profile.device,
         "target": str(target),
-        "source": Path(lowered.source).name,
-        "inputs": [spec.to_json() for spec in lowered.imported.inputs],
-        "outputs": [spec.to_json() for spec in lowered.imported.outputs],
-        "layers": [plan.to_json() for plan in lowered.plans],
+        "source": Path(planned.source).name,
+        "inputs": [spec.to_json() for spec in planned.imported.inputs],
+        "outputs": [spec.to_json() for spec in planned.imported.outputs],
+        "layers": [plan.to_json() for plan in planned.plans],
         "tuning_log": log_path,
         "tuned_kernels": tuned,
-        "layout_transposes": pipeline.count_calls(lowered.mod, "relax.permute_dims"),
+        "layout_transposes": pipeline.count_calls(planned.mod, "relax.permute_dims"),
     }
     if profile.device == "cuda":
         metadata["device_code"] = (

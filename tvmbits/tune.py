@@ -23,12 +23,13 @@ import tvm
 from tvm import rpc as tvm_rpc
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
 from tvmbits import tuning_log
 from tvmbits.board.serve import address
-from tvmbits.compiler import CompileOptions, lower_model
+from tvmbits.compiler import CompileOptions, plan_model
 from tvmbits.errors import BoardError, ModelError, OptionError
-from tvmbits.passes.pipeline import Fuse
+from tvmbits.passes import pipeline
 from tvmbits.remote import Remote
 from tvmbits.runtime import Session
 from tvmbits.schedules import cuda as cuda_schedules
@@ -62,9 +63,9 @@ def tune_model(
         raise BoardError(f"tuning for {options.target} measures on a CUDA GPU, and this machine has none "
                          "(--rpc or --tracker measure on another machine's)")
     runner = _runner(remote, cuda)  # a bad board fails before the slow lowering
-    lowered = lower_model(model_path, options, log)
-    target = lowered.target
-    mod = Fuse(target)(lowered.mod)
+    planned = plan_model(model_path, options, log)
+    target = planned.target
+    mod = pipeline.run(planned.mod, pipeline.kernel_phases(target))
     tunable = cuda_schedules.is_tunable if cuda else is_tunable
     tasks = [
         task
@@ -72,12 +73,12 @@ def tune_model(
         if tunable(task.dispatched[0]["main"])
     ]
     if not tasks:
-        raise ModelError(f"{model_path}: no low-bit kernels to tune for {lowered.profile.name}")
+        raise ModelError(f"{model_path}: no low-bit kernels to tune for {planned.profile.name}")
     if repair and Path(log_dir).is_dir():
         tuning_log.repair(log_dir, log)
     writer = tuning_log.TuningLogWriter(log_dir, log)
     database = writer.database
-    tuning_log.write_tuned_on(Path(log_dir), lowered.profile.name)
+    tuning_log.write_tuned_on(Path(log_dir), planned.profile.name)
     log(f"tuning {len(tasks)} kernels with {trials} trials in all; log: {log_dir}")
     contexts = [
         ms.TuneContext(
@@ -105,7 +106,7 @@ def tune_model(
                 work_dir=work_dir,
                 max_trials_global=trials,
                 num_trials_per_iter=min(16, trials),
-                builder=_builder(lowered.profile),
+                builder=_builder(planned.profile),
                 runner=runner,
                 database=database,
                 cost_model="xgb",
@@ -163,7 +164,10 @@ def _builder(profile) -> ms.builder.Builder:
 
 def _build(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
     """MetaSchedule's default build without its import of every tensor intrinsic (about 30 s
-    in each fresh builder process; the low-bit kernels use none of them)."""
+    in each fresh builder process; the low-bit kernels use none of them): a candidate is built
+    and measured without its weight regrouping, which `PrepackWeights` does at compile time
+    (the runner passes the regrouped weight)."""
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm.driver.build(mod, target=target)
 
 

@@ -81,9 +81,9 @@ def _program(plan, profile, target, library: Path) -> "layer_program.Program":
 
 def _layer_plans(model_path, options, log) -> list:
     """The low-bit layer plans the compiler makes of `model_path` with `options`."""
-    from tvmbits.compiler import lower_model
+    from tvmbits.compiler import plan_model
 
-    return [plan for plan in lower_model(model_path, options, log).plans if plan.kernel != "float"]
+    return [plan for plan in plan_model(model_path, options, log).plans if plan.kernel != "float"]
 
 
 def _shape(plan, out_shape) -> str:

@@ -15,6 +15,11 @@ from tvm import te, tirx
 from tvmbits.ops.encoding import Encoding
 
 WORD_BITS = 32
+# `bitpack` gathers a word's bits in two steps: LANES partial words, each with the bits of the
+# channels ≡ lane (mod LANES), then their OR. The first step reads LANES consecutive codes at a
+# time, so a schedule can make it vector loads, compares and shifts over channels (a word
+# written as one 32-term expression gets vectorised across words instead, with gathers).
+LANES = 16
 
 
 def words(channels: int) -> int:
@@ -49,15 +54,23 @@ def bitpack(codes: te.Tensor, bits: int) -> te.Tensor:
     """
     *lead, channels = (int(d) for d in codes.shape)
 
-    def word(*index):
-        *outer, plane, w = index
-        packed = tirx.const(0, "uint32")
-        for b in range(WORD_BITS):
-            channel = w * WORD_BITS + b
+    def lane_bits(*index):
+        *outer, plane, w, lane = index
+        value = tirx.const(0, "uint32")
+        for half in range(WORD_BITS // LANES):
+            channel = w * WORD_BITS + half * LANES + lane
             bit = (codes(*outer, channel).astype("uint32") >> plane.astype("uint32")) & tirx.const(1, "uint32")
             if channels % WORD_BITS:
                 bit = tirx.if_then_else(channel < channels, bit, tirx.const(0, "uint32"))
-            packed = packed | (bit << tirx.const(b, "uint32"))
+            value = value | (bit << (lane + half * LANES).astype("uint32"))
+        return value
+
+    lanes = te.compute((*lead, bits, words(channels), LANES), lane_bits, name="bitpack_lanes")
+
+    def word(*index):
+        packed = tirx.const(0, "uint32")
+        for lane in range(LANES):
+            packed = packed | lanes(*index, lane)
         return packed
 
     return te.compute((*lead, bits, words(channels)), word, name="bitpack")

@@ -9,6 +9,7 @@
       ─▶ LowerLowBit     low-bit layers into quantize → pack → kernel → epilogue; float inlined
       ─▶ Fuse            TVM's legalization and fusion: epilogues into the kernels
       ─▶ Schedule        tuned schedules from a MetaSchedule database, else tvmbits' defaults
+      ─▶ PrepackWeights  the kernels' weight regrouping done once, on the constants
       ─▶ tvm.compile with `lower_pipeline` (TVM's own lowering to the Relax VM)
 
 Every phase is a `tvm.transform.Pass` named "tvmbits.<Phase>"; `DumpIR` is a pass instrument
@@ -60,9 +61,15 @@ def lowbit_phases(
     ]
 
 
+def kernel_phases(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """LowerLowBit, Fuse: from a planned module to its kernel PrimFuncs (what tuning tasks see).
+    LowerLowBit runs under `target`: for CUDA it emits the kernels' GEMM forms."""
+    return [_under(target, LowerLowBit), Fuse(target)]
+
+
 def build_phases(target: tvm.target.Target, database=None) -> list[tvm.transform.Pass]:
-    """LowerLowBit … Schedule: the phases from a planned module to one `tvm.compile` builds."""
-    return [LowerLowBit, Fuse(target), Schedule(target, database)]
+    """LowerLowBit … PrepackWeights: the phases from a planned module to one `tvm.compile` builds."""
+    return [*kernel_phases(target), Schedule(target, database), PrepackWeights(target)]
 
 
 def layer_plans(mod: tvm.IRModule, order: list[str] | None = None) -> list[LayerPlan]:
@@ -145,6 +152,26 @@ def Schedule(target: tvm.target.Target, database=None) -> tvm.transform.Pass:  #
     return transform
 
 
+def PrepackWeights(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM's pass naming)
+    """Regroup constant weights once, at compile time: each kernel's weight copy (the block the
+    schedules annotate for it, e.g. `[O, KH, KW, C]` into `[ceil(O/16), KH, KW, C, 16]`) becomes
+    a function of its own (TVM's SplitLayoutRewritePreproc), which FoldConstant evaluates on the
+    weight constant; the kernel then reads the regrouped constant. A weight that is not a
+    constant keeps its copy, as a call before the kernel's."""
+
+    @tvm.transform.module_pass(opt_level=0, name=PREFIX + "PrepackWeights")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential([
+                relax.transform.SplitLayoutRewritePreproc(),
+                relax.transform.FoldConstant(),
+                relax.transform.CanonicalizeBindings(),  # the kernel's binding, not an alias of it
+                relax.transform.DeadCodeElimination(),  # the copies FoldConstant ran
+            ])(mod)
+
+    return transform
+
+
 def lower_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's own lowering of a scheduled module to the Relax VM (`tvm.compile`'s relax_pipeline)."""
 
@@ -182,6 +209,18 @@ class DumpIR:
     def run_after_pass(self, mod, info):
         if info.name.startswith(PREFIX):
             self.dump(info.name[len(PREFIX):], mod)
+
+
+def _under(target: tvm.target.Target, phase: tvm.transform.Pass) -> tvm.transform.Pass:
+    """`phase` run with `target` as the current target (a wrapper without the tvmbits. prefix,
+    so that DumpIR writes the module once, after `phase` itself)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmbitsUnderTarget")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            return phase(mod)
+
+    return transform
 
 
 def _backend(target: tvm.target.Target):
