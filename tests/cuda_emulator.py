@@ -35,7 +35,7 @@ def emulate(mod: tvm.IRModule, target: tvm.target.Target, args: list[np.ndarray]
     """Run `mod["main"]` (scheduled for the CUDA `target`) on `args` in place, as a GPU would:
     the outputs are written into their arrays."""
     mod = tvm.tirx.transform.BindTarget(target.with_host("llvm"))(mod)
-    pipeline, finalize_host, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
+    pipeline, _, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
     host, devices = split_host_device_mods(pipeline(mod))
     (device,) = devices.values()
     source = codegen_build(finalize_device()(device), target).inspect_source()
@@ -45,12 +45,13 @@ def emulate(mod: tvm.IRModule, target: tvm.target.Target, args: list[np.ndarray]
     for name, (dtype, size) in buffers.items():  # intermediates: garbage, as a GPU's would be
         memory[name] = np.frombuffer(np.random.default_rng(7).bytes(size * np.dtype(dtype).itemsize), dtype).copy()
     for name, index in params.items():
-        assert args[index].flags.c_contiguous
+        param = mod["main"].params[index]
+        assert args[index].flags.c_contiguous and str(args[index].dtype) == str(param.dtype), (name, args[index].dtype)
+        assert args[index].shape == tuple(int(d) for d in param.shape), (name, args[index].shape)
         memory[name] = args[index]
     for name, arg_names, dims in launches:
         pointers = (ctypes.c_void_p * len(arg_names))(*[memory[a].ctypes.data for a in arg_names])
         getattr(library, f"emu_launch_{name}")(pointers, *[ctypes.c_int(d) for d in dims])
-    return memory, launches, host["main"].script()
 
 
 def _launches(host_main: tvm.tirx.PrimFunc, original: tvm.tirx.PrimFunc):
