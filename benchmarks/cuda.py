@@ -22,6 +22,7 @@ and exits with status 2.
 """
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -38,8 +39,15 @@ from tvmbits.ops.encoding import Encoding
 from tvmbits.runtime import _register_cuda_compiler
 from tvmbits.schedules import default_rules
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "examples")]
-from layers import LAYERS, float_conv, macs, write_report  # noqa: E402
+HERE = Path(__file__).resolve().parent
+# this file's name shadows the `cuda` package (cuda-bindings: NVRTC, which loading a CUDA library
+# uses) for as long as its folder is on sys.path, as it is when run as a script
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent / "examples"))
+_spec = importlib.util.spec_from_file_location("tvmbits_benchmark_layers", HERE / "layers.py")
+layers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(layers)
+LAYERS, float_conv, macs, write_report = layers.LAYERS, layers.float_conv, layers.macs, layers.write_report
 
 BIPOLAR = Encoding("bipolar", 1)
 GEMM_SIZE = 4096

@@ -133,3 +133,22 @@ def test_digits_bnn_on_the_gpu_equals_the_cpu_build(tmp_path):
     digits_bnn.export_qonnx(net, torch.zeros(digits_bnn.SHAPE), str(path), input_names=["input"])
     for image in x_test[:16]:
         check_model_equals_cpu_build(path, image[None])
+
+
+def _benchmark():
+    """benchmarks/cuda.py as a module (by path: its name would shadow the `cuda` package)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "cuda.py"
+    spec = importlib.util.spec_from_file_location("tvmbits_cuda_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_binary_gemm_reaches_30_percent_of_the_1bit_tensor_core_peak():
+    bench = _benchmark()
+    peak = bench.bmma_peak(repeat=10)
+    rate = bench.GEMM_SIZE**3 / (bench.binary_gemm(bench.GEMM_SIZE, repeat=10) * 1e-3)
+    assert rate >= 0.3 * peak, f"{rate / 1e12:.1f} T bit-MACs/s, {100 * rate / peak:.0f}% of {peak / 1e12:.1f}"

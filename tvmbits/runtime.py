@@ -11,7 +11,6 @@ Timings are `time_evaluator` runs in milliseconds, measured on the device itself
 profile times each compiled kernel inside the model's run, on the device (`board.profiler`).
 """
 
-import importlib.util
 import json
 import os
 import platform
@@ -188,10 +187,20 @@ def _register_cuda_compiler(dev: tvm.runtime.Device) -> None:
         raise BoardError("this machine has no CUDA device (or no CUDA driver) to run this artifact on")
     import tvm.support.nvcc  # noqa: F401 (registers tvm_callback_cuda_compile)
 
-    if "TVM_CUDA_COMPILE_MODE" not in os.environ and importlib.util.find_spec("cuda") is None:
+    if "TVM_CUDA_COMPILE_MODE" not in os.environ and not _has_nvrtc():
         if shutil.which("nvcc") is None:
             raise BoardError("compiling this CUDA artifact's kernels needs NVRTC (pip install cuda-bindings) or nvcc")
         os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"  # NVRTC's Python bindings are not installed
+
+
+def _has_nvrtc() -> bool:
+    """Whether NVRTC's Python bindings import (cuda-bindings' `cuda.bindings.nvrtc`, which TVM's
+    default CUDA compile uses; a module that merely is named `cuda` does not count)."""
+    try:
+        from cuda.bindings import nvrtc  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _reachable(host: str, port: int, where: str, timeout: float) -> None:
