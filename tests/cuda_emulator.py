@@ -13,14 +13,17 @@ C[t/4, 2·(t % 4) + {0, 1}]), written independently of tvmbits' tensor intrinsic
 
 This checks the schedules (tiling, padding, shared-memory staging and synchronisation, the
 warp-memory accumulators, the fused epilogue) and the intrinsics' operand addressing; it does
-not check nvcc, the hardware, or timing. Intermediate global buffers start as garbage too.
+not check nvcc, the hardware, or timing. Intermediate global buffers start as garbage too. The
+kernels run in a forked process, killed after TIMEOUT_S (a broken kernel can deadlock).
 """
 
 import ctypes
 import hashlib
+import os
 import re
+import signal
 import subprocess
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from tvm.tirx.build import codegen_build, split_host_device_mods
 
 HEADER = Path(__file__).with_name("cuda_emulator.h")
 MMA_KINDS = {"b1.b1": 0, "u8.s8": 1, "u8.u8": 2}
+TIMEOUT_S = 300  # for one function's kernels; the largest test case takes seconds
 
 
 def emulate(mod: tvm.IRModule, target: tvm.target.Target, args: list[np.ndarray], folder: Path) -> None:
@@ -49,9 +53,45 @@ def emulate(mod: tvm.IRModule, target: tvm.target.Target, args: list[np.ndarray]
         assert args[index].flags.c_contiguous and str(args[index].dtype) == str(param.dtype), (name, args[index].dtype)
         assert args[index].shape == tuple(int(d) for d in param.shape), (name, args[index].shape)
         memory[name] = args[index]
+    _in_child(lambda: _run(library, launches, memory), args, folder)
+
+
+def _run(library, launches, memory) -> None:
     for name, arg_names, dims in launches:
         pointers = (ctypes.c_void_p * len(arg_names))(*[memory[a].ctypes.data for a in arg_names])
         getattr(library, f"emu_launch_{name}")(pointers, *[ctypes.c_int(d) for d in dims])
+
+
+def _in_child(run, args: list[np.ndarray], folder: Path) -> None:
+    """`run()` in a forked process, which writes `args` back (the outputs among them) for this
+    one to copy in: a kernel whose threads disagree on a barrier would hang the emulation, and
+    a process can be killed after TIMEOUT_S where threads in C++ cannot."""
+    result = folder / f"emulated_{os.getpid()}.npz"
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            run()
+            np.savez(result, *args)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            raise TimeoutError(f"the emulated kernels ran over {TIMEOUT_S} s (threads waiting on a barrier?)")
+        time.sleep(0.05)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"the emulated kernels failed (exit status {os.waitstatus_to_exitcode(status)})")
+    with np.load(result) as saved:
+        for i, array in enumerate(args):
+            array[...] = saved[f"arr_{i}"]
+    result.unlink()
 
 
 def _launches(host_main: tvm.tirx.PrimFunc, original: tvm.tirx.PrimFunc):
