@@ -25,9 +25,13 @@ after it. Output channels are split into vectors of `LANES`:
   `arm_dot.py`, activations below 128); the Arm tiles favour pixels over channel vectors, so one
   weight block (4 registers) feeds several pixels; elsewhere the DOT products are
   unrolled and the lanes vectorised;
-- dense: the weights are copied the same way (a float matmul's `[K, O]` weight, already
-  channel-contiguous, is read as it is); the batch and the channel vectors are fused into one
-  parallel loop, the reduction runs inside it and the lanes are vectorised;
+- dense: the weights are copied the same way (a float matmul's `[K, O]` weight into
+  `[O/LANES, K, LANES]` when LANES divides O, else read as it is); the batch and blocks of up to GROUPS channel vectors are fused
+  into one parallel loop, the reduction runs inside it, the block's vectors are accumulated
+  together (independent chains) and the lanes are vectorised;
+- every such weight copy is marked for `pipeline.PrepackWeights`, which makes it once at compile
+  time on the weight constant, unless O needs padding to a multiple of LANES (then it is made
+  on every call);
 - the accumulators live in a "local" buffer, initialised before the reduction loops; the
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`
   (`tvmbits tune` samples the chunk: a divisor of the loop up to 2·UNROLL);
@@ -220,15 +224,23 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     lanes = min(LANES, int(out_channel.dom.extent))
     reads = sch.get(kernel).reads
     weight = next((i for i, read in enumerate(reads) if read.region[0].min.same_as(out_channel.var)), None)
-    if weight is not None:  # [O, ...]: regroup by LANES channels (sub-byte weights come blocked)
+    # a float matmul's [K, O] weight: each vector of LANES channels is a column strided by O
+    whole = int(out_channel.dom.extent) % lanes == 0
+    # a float matmul's [K, O] weight: each vector of LANES channels is a column strided by O
+    columns = None if weight is not None or "matmul" not in name or not whole else next(
+        (i for i, read in enumerate(reads)
+         if len(read.region) == 2 and read.region[1].min.same_as(out_channel.var)), None)
+    if weight is not None or columns is not None:  # regroup by LANES channels (sub-byte weights come blocked)
+        index_map = (lambda o, *rest: (o // lanes, *rest, o % lanes)) if weight is not None else \
+            (lambda k, o: (o // lanes, k, o % lanes))
+        weight = weight if weight is not None else columns
         copy = sch.cache_read(kernel, weight, "global")
         zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
-        sch.transform_layout(
-            kernel, ("read", weight), lambda o, *rest: (o // lanes, *rest, o % lanes), pad_value=zero
-        )
+        sch.transform_layout(kernel, ("read", weight), index_map, pad_value=zero)
         _parallelize(sch, copy)
-        # of a constant weight, the copy is made once at compile time (`pipeline.PrepackWeights`)
-        sch.annotate(copy, PREPACK, 1)
+        if whole:  # (a padded copy is not a plain copy, which TVM's layout-rewrite passes require)
+            # of a constant weight, the copy is made once at compile time (`pipeline.PrepackWeights`)
+            sch.annotate(copy, PREPACK, 1)
     for producer in blocks[:index]:  # after the weight copy, which tables of the weights then read
         if sch.get(producer).name_hint in TABLES:
             _vectorize_table(sch, producer)
@@ -256,13 +268,17 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     loops = sch.get_loops(kernel)
     *outer, channel = loops[:spatial]
     reduction = loops[spatial:]
-    group, lane = sch.split(channel, factors=[None, lanes])
+    # a few channel vectors accumulated together: independent chains for the vector units
+    vectors = -(-int(sch.get(channel).extent) // lanes)
+    tile = max(g for g in range(1, GROUPS + 1) if vectors % g == 0)
+    group, vector, lane = sch.split(channel, factors=[None, tile, lanes])
     inner = _split_dot(sch, reduction) if dot else []
-    sch.reorder(group, *reduction, *_lane_order(lane, inner, tensorize))
+    sch.reorder(group, *reduction, vector, *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(*outer, group)
     sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
     _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
+    sch.unroll(vector)
 
 
 def _vectorize_table(sch: s_tir.Schedule, block) -> None:

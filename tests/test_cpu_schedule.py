@@ -20,7 +20,7 @@ from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import bias, subbyte_pack, weight_offset
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
-from tvmbits.schedules.cpu import LowBitCPU, ParallelCPU
+from tvmbits.schedules.cpu import PREPACK, LowBitCPU, ParallelCPU
 
 X86 = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 ARM64 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
@@ -221,19 +221,24 @@ def test_other_functions_run_in_parallel_above_a_size(shape, parallel):
     np.testing.assert_array_equal(out.numpy(), data.T)
 
 
-def test_float_matmul_with_channel_contiguous_weights_is_vectorised_and_exact():
-    """A float classifier (`matmul` by a [K, O] weight) vectorises over O without regrouping."""
+@pytest.mark.parametrize("channels, copies", [(48, [("w_global", [3, 70, 16])]), (37, [])])
+def test_float_matmul_with_channel_contiguous_weights_is_vectorised_and_exact(channels, copies):
+    """A float classifier (`matmul` by a [K, O] weight) vectorises over O; where 16 divides O, its
+    weight is regrouped into [O/16, K, 16] by a copy marked for `PrepackWeights` (made at compile
+    time), else read as it is."""
     rng = np.random.default_rng(6)
     a = rng.integers(-8, 8, (2, 70)).astype(np.float32)
-    b = rng.integers(-8, 8, (70, 37)).astype(np.float32)
+    b = rng.integers(-8, 8, (70, channels)).astype(np.float32)
     x, w = te.placeholder(a.shape, "float32", "x"), te.placeholder(b.shape, "float32", "w")
     k = te.reduce_axis((0, 70), "k")
-    out = te.compute((2, 37), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
+    out = te.compute((2, channels), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
     mod = schedule(tvm.IRModule({"main": te.create_prim_func([x, w, out])}), X86)
     func = mod["main"]
     assert "T.vectorized(" in func.script() and "T.parallel(" in func.script()
-    assert [b.scope() for b in func.body.block.alloc_buffers] == ["local"]  # no weight copy
-    result = tvm.runtime.tensor(np.zeros((2, 37), "float32"))
+    buffers = func.body.block.alloc_buffers
+    assert [(b.name, [int(d) for d in b.shape]) for b in buffers if b.scope() == "global"] == copies
+    assert (PREPACK in func.script()) == bool(copies)
+    result = tvm.runtime.tensor(np.zeros((2, channels), "float32"))
     tvm.compile(mod, target=X86)(tvm.runtime.tensor(a), tvm.runtime.tensor(b), result)
     np.testing.assert_array_equal(result.numpy(), a @ b)
 
