@@ -8,11 +8,13 @@ import tvm
 from tvm.s_tir import dlight
 
 from tvmbits.schedules.cpu import LowBitCPU, ParallelCPU
+from tvmbits.schedules.cuda import LowBitCUDA
 
 
 def default_rules(target: tvm.target.Target) -> list:
     if "gpu" in target.keys:
         return [
+            LowBitCUDA(),
             dlight.gpu.Matmul(),
             dlight.gpu.GEMV(),
             dlight.gpu.Reduction(),

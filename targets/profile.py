@@ -9,13 +9,17 @@ code on, so that a kernel using an instruction the board lacks fails under emula
 
 The value "native" stands for what this machine has: as `arch`, its architecture (`uname -m`);
 in a target, the host CPU model and core count for LLVM, the local GPU's compute capability for
-CUDA. The `host` profile is all native, so it builds for x86-64 and AArch64 machines alike.
+CUDA (without a GPU here, the profile's `fallback_arch`, else `CUDA_FALLBACK_ARCH`). A CUDA
+profile's architecture can also be named when it is loaded (`load(..., gpu_arch="sm_80")`,
+`tvmbits compile --arch sm_80`): it decides the tensor-core instructions the kernels use. The `host` profile is all native, so it builds for x86-64 and AArch64 machines alike.
 `native` CPU values of a profile for another architecture than this machine's (`x86_64` on an
 AArch64 machine) are dropped: LLVM's generic CPU of the profile's triple.
 """
 
+import dataclasses
 import os
 import platform
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from tvmbits.errors import TargetError
 
 PROFILE_DIR = Path(__file__).parent
 CUDA_FALLBACK_ARCH = "sm_90"
+GPU_ARCH = re.compile(r"sm_[0-9]{2,3}[a-z]?")  # what `--arch` takes: sm_80, sm_89, sm_90, sm_90a
 
 
 @dataclass(frozen=True)
@@ -40,15 +45,24 @@ class Profile:
     rpc_key: str
     tuning_trials: int
     qemu_cpu: str | None = None  # QEMU's -cpu model of the board (Arm profiles)
+    fallback_arch: str | None = None  # CUDA: the architecture "native" means with no GPU here
 
     @property
     def native(self) -> bool:
         """Whether the profile's code runs on this machine's CPU (same architecture)."""
         return self.arch == host_arch()
 
+    @property
+    def log_name(self) -> str:
+        """The name of the profile's tuning logs (`tuning_logs/<log_name>`): the profile's name,
+        and for a CUDA profile its architecture too (`cuda-sm_80`), whose kernels differ."""
+        if self.target.get("kind") != "cuda":
+            return self.name
+        return f"{self.name}-{self.tvm_target().attrs['arch']}"
+
     def tvm_target(self) -> tvm.target.Target:
         host = _resolve(self.host, self.native) if self.host else None
-        return tvm.target.Target(_resolve(self.target, self.native), host=host)
+        return tvm.target.Target(_resolve(self.target, self.native, self.fallback_arch), host=host)
 
 
 def host_arch() -> str:
@@ -60,8 +74,9 @@ def available() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
-def load(name_or_path: str) -> Profile:
-    """Load a profile by name (`arm64`) or from a TOML file path."""
+def load(name_or_path: str, gpu_arch: str | None = None) -> Profile:
+    """Load a profile by name (`arm64`) or from a TOML file path; `gpu_arch` (sm_80, ...) replaces
+    a CUDA profile's architecture (TargetError for another kind of profile or a malformed name)."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = PROFILE_DIR / f"{name_or_path}.toml"
@@ -83,11 +98,24 @@ def load(name_or_path: str) -> Profile:
             rpc_key=data.get("rpc_key", data["name"]),
             tuning_trials=int(data.get("tuning_trials", 1000)),
             qemu_cpu=data.get("qemu_cpu"),
+            fallback_arch=data.get("fallback_arch"),
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, OSError, UnicodeDecodeError) as err:
         raise TargetError(f"{path}: not a valid target profile ({_one_line(err)})") from None
+    if gpu_arch is not None:
+        profile = with_gpu_arch(profile, gpu_arch, path)
     check_profile(profile, path)
     return profile
+
+
+def with_gpu_arch(profile: Profile, gpu_arch: str, path: Path | str = "") -> Profile:
+    """`profile` (a CUDA one) built for the GPU architecture `gpu_arch` instead of its own."""
+    where = path or profile.name
+    if profile.target.get("kind") != "cuda":
+        raise TargetError(f"--arch {gpu_arch}: target {where} is not a CUDA profile")
+    if not GPU_ARCH.fullmatch(gpu_arch):
+        raise TargetError(f"--arch {gpu_arch}: expected a CUDA architecture such as sm_80, sm_89 or sm_90")
+    return dataclasses.replace(profile, target={**profile.target, "arch": gpu_arch})
 
 
 def check_profile(profile: Profile, path: Path) -> None:
@@ -108,7 +136,7 @@ def _one_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _resolve(target: dict, native: bool = True) -> dict:
+def _resolve(target: dict, native: bool = True, fallback_arch: str | None = None) -> dict:
     resolved = dict(target)
     if resolved.get("mcpu") == "native":
         if native:
@@ -118,12 +146,12 @@ def _resolve(target: dict, native: bool = True) -> dict:
     if resolved.get("num-cores") == "native":
         resolved["num-cores"] = os.cpu_count()
     if resolved.get("kind") == "cuda" and resolved.get("arch") == "native":
-        resolved["arch"] = _local_cuda_arch()
+        resolved["arch"] = _local_cuda_arch(fallback_arch or CUDA_FALLBACK_ARCH)
     return resolved
 
 
-def _local_cuda_arch() -> str:
+def _local_cuda_arch(fallback: str) -> str:
     dev = tvm.cuda(0)
     if not dev.exist:
-        return CUDA_FALLBACK_ARCH
+        return fallback
     return "sm_" + dev.compute_version.replace(".", "")

@@ -57,3 +57,23 @@ def test_a_profile_file_can_be_given_by_path(tmp_path):
     path.write_text("name = ")
     with pytest.raises(UserError, match="not a valid target profile"):
         profile.load(str(path))
+
+
+def test_cuda_architecture_is_the_local_gpus_else_the_profiles_fallback():
+    cuda = profile.load("cuda")
+    import tvm
+
+    expected = cuda.fallback_arch if not tvm.cuda(0).exist else "sm_" + tvm.cuda(0).compute_version.replace(".", "")
+    assert cuda.fallback_arch == "sm_90" and cuda.tvm_target().attrs["arch"] == expected
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_89", "sm_90"])
+def test_a_cuda_architecture_can_be_named(arch):
+    assert profile.load("cuda", gpu_arch=arch).tvm_target().attrs["arch"] == arch
+
+
+@pytest.mark.parametrize("name, arch, message", [("cuda", "80", "expected a CUDA architecture"),
+                                                 ("x86_64", "sm_80", "is not a CUDA profile")])
+def test_a_bad_cuda_architecture_is_a_user_error(name, arch, message):
+    with pytest.raises(UserError, match=message):
+        profile.load(name, gpu_arch=arch)

@@ -45,6 +45,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "model", help="ONNX file: float, QONNX (Brevitas export) or QDQ; quantizers in it set the bits"
     )
     compile_.add_argument("--target", default="host", help="profile name (targets/; default: this machine) or .toml file")
+    compile_.add_argument("--arch", help="CUDA profiles: GPU architecture to build for (sm_80, sm_89, sm_90; "
+                          "default: this machine's GPU, else the profile's fallback_arch)")
     compile_.add_argument("-o", "--output", default="model.tar", help="artifact to write")
     compile_.add_argument(
         "--force", action="store_true", help="overwrite an existing output that is not a tvmbits artifact"
@@ -65,9 +67,11 @@ def _build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="tune a model's low-bit kernels into a tuning log")
     tune.add_argument("model", help="ONNX file")
     tune.add_argument("--target", default="host", help="profile name (targets/; default: this machine) or .toml file")
+    tune.add_argument("--arch", help="CUDA profiles: GPU architecture to tune for (default: this machine's GPU)")
     tune.add_argument("--trials", type=int, help="measurements in all (default: the profile's)")
     tune.add_argument(
-        "--log", help="tuning log folder to append to (default: ~/.cache/tvmbits/tuning_logs/<profile>)"
+        "--log", help="tuning log folder to append to (default: ~/.cache/tvmbits/tuning_logs/<profile>, "
+        "<profile>-<arch> for CUDA)"
     )
     _remote_options(tune, "measure on")
     _plan_options(tune)
@@ -147,12 +151,13 @@ def _tune(args) -> int:
     from tvmbits.tuning_log import start_user_log
 
     remote = _remote(args)
-    profile = profiles.load(args.target)
+    profile = profiles.load(args.target, args.arch)
     options = CompileOptions(
-        target=args.target, wbits=args.wbits, abits=args.abits, all_layers=args.all_layers, kernel=args.kernel
+        target=args.target, arch=args.arch, wbits=args.wbits, abits=args.abits, all_layers=args.all_layers,
+        kernel=args.kernel,
     )
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    log_dir = args.log or str(start_user_log(profile.name, log))
+    log_dir = args.log or str(start_user_log(profile.log_name, log))
     trials = args.trials if args.trials is not None else profile.tuning_trials
     tune_model(
         args.model, options, log_dir, trials, remote=remote, log=log, repair=args.repair,
@@ -169,6 +174,7 @@ def _compile(args) -> int:
     artifact = tvmbits.compile(
         args.model,
         args.target,
+        arch=args.arch,
         wbits=args.wbits,
         abits=args.abits,
         all_layers=args.all_layers,

@@ -30,6 +30,7 @@ class CompileOptions:
     """What `compile` takes besides the model (the CLI flags of the same names)."""
 
     target: str = "host"  # a profile name (targets/) or a .toml file
+    arch: str | None = None  # CUDA profiles: the GPU architecture (sm_80, ...) instead of the profile's
     wbits: int | None = None  # post-training bits for float layers (1-8)
     abits: int | None = None
     all_layers: bool = False  # quantize the first and last layers too
@@ -50,7 +51,7 @@ def compile(  # noqa: A001 (the public name is the verb)
 ) -> artifact.Artifact:
     """Compile an ONNX model (a path or an `onnx.ModelProto`) for the profile `target`.
 
-    `options` are the fields of `CompileOptions` (wbits, abits, all_layers, kernel, calibrate,
+    `options` are the fields of `CompileOptions` (arch, wbits, abits, all_layers, kernel, calibrate,
     input_shapes, tuning_log, use_tuning, dump_ir); `log` receives one line per step. Raises a
     `tvmbits.errors.UserError` subclass for anything the caller can fix.
     """
@@ -81,7 +82,7 @@ def plan_model(
 ) -> Planned:
     """Import `model` and run the pipeline's phases up to Calibrate (used by `compile`, by the
     tuner, which must see the same kernels, and by `check`, which needs only the plans)."""
-    profile = profiles.load(options.target)
+    profile = profiles.load(options.target, options.arch)
     check_bits("--wbits", options.wbits)
     check_bits("--abits", options.abits)
     onnx_model, source = _load(model, log)
@@ -140,6 +141,12 @@ def compile_with(
         "tuned_kernels": tuned,
         "layout_transposes": pipeline.count_calls(planned.mod, "relax.permute_dims"),
     }
+    if profile.device == "cuda":
+        metadata["device_code"] = (
+            f"CUDA C source for {target.attrs['arch']}, compiled when the library is loaded: the loading "
+            "machine needs a CUDA driver and NVRTC (cuda-bindings), or nvcc with TVM_CUDA_COMPILE_MODE=nvcc; "
+            "`tvmbits run` registers TVM's compile callback (tvm.support.nvcc) itself"
+        )
     workdir = tempfile.TemporaryDirectory(prefix="tvmbits-")
     library = Path(workdir.name) / artifact.LIBRARY
     _export(executable, library, profile)
@@ -157,7 +164,7 @@ def _tuning_database(options: CompileOptions, profile, log):
     """The tuning database to apply and its path, or (None, None)."""
     if not options.use_tuning:
         return None, None
-    path = Path(options.tuning_log) if options.tuning_log else tuning_log.default_log(profile.name)
+    path = Path(options.tuning_log) if options.tuning_log else tuning_log.default_log(profile.log_name)
     if not options.tuning_log and not path.is_dir():
         return None, None
     log(f"applying tuning log {path}")

@@ -12,7 +12,9 @@ profile times each compiled kernel inside the model's run, on the device (`board
 """
 
 import json
+import os
 import platform
+import shutil
 import socket
 import threading
 from dataclasses import dataclass
@@ -103,6 +105,8 @@ class Session:
         """Upload (for a board) and load `library` into a Relax VM on the session's device."""
         dev = self.device(device_kind)
         if self.remote is None:
+            if device_kind == "cuda":
+                _register_cuda_compiler(dev)
             lib = tvm.runtime.load_module(str(library))
         else:
             name = Path(library).name
@@ -171,6 +175,32 @@ def profile(session: Session, loaded: Loaded, args: list[np.ndarray], runs: int 
     for row in rows:
         row["share"] = row["ms"] / total
     return rows
+
+
+def _register_cuda_compiler(dev: tvm.runtime.Device) -> None:
+    """A CUDA artifact holds its kernels as CUDA C source (TVM 0.27's `cuda` module format),
+    compiled when the library is loaded by the global `tvm_callback_cuda_compile`: importing
+    `tvm.support.nvcc` registers it (NVRTC through cuda-bindings; nvcc with
+    TVM_CUDA_COMPILE_MODE=nvcc, which is chosen here when cuda-bindings is missing). Refuses first, in one line, a machine with no CUDA device, where
+    loading would fail with TVM's own message."""
+    if not dev.exist:
+        raise BoardError("this machine has no CUDA device (or no CUDA driver) to run this artifact on")
+    import tvm.support.nvcc  # noqa: F401 (registers tvm_callback_cuda_compile)
+
+    if "TVM_CUDA_COMPILE_MODE" not in os.environ and not _has_nvrtc():
+        if shutil.which("nvcc") is None:
+            raise BoardError("compiling this CUDA artifact's kernels needs NVRTC (pip install cuda-bindings) or nvcc")
+        os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"  # NVRTC's Python bindings are not installed
+
+
+def _has_nvrtc() -> bool:
+    """Whether NVRTC's Python bindings import (cuda-bindings' `cuda.bindings.nvrtc`, which TVM's
+    default CUDA compile uses; a module that merely is named `cuda` does not count)."""
+    try:
+        from cuda.bindings import nvrtc  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _reachable(host: str, port: int, where: str, timeout: float) -> None:

@@ -2,7 +2,9 @@
 
 Tasks are the fused PrimFuncs of the lowered model that hold one kernel (`schedules.cpu`
 `is_tunable`); their design space is the default schedule with its register tile and its
-unrolled reduction steps sampled (`schedule_lowbit(tunable=True)`), searched by MetaSchedule's
+unrolled reduction steps sampled (`schedule_lowbit(tunable=True)`); on CUDA targets the GEMM
+forms' functions (`schedules.cuda.is_tunable`), scheduled with each thread-block tile of
+`schedules.cuda.TUNED_TILES` (`design_spaces`). The space is searched by MetaSchedule's
 evolutionary search with the XGBoost cost model, measured on this machine, on one board
 (`--rpc`, a `tvmbits board serve`) or on boards from a TVM tracker, and recorded in a tuning log
 (`tuning_log.py`) as each measurement finishes.
@@ -26,11 +28,13 @@ from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 from tvmbits import tuning_log
 from tvmbits.board.serve import address
 from tvmbits.compiler import CompileOptions, plan_model
-from tvmbits.errors import ModelError, OptionError
+from tvmbits.errors import BoardError, ModelError, OptionError
 from tvmbits.passes import pipeline
 from tvmbits.remote import Remote
 from tvmbits.runtime import Session
+from tvmbits.schedules import cuda as cuda_schedules
 from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
+from tvmbits.targets import profile as profiles
 
 # The design spaces are small (tens of points): a population of 512 and 50 new candidates per
 # round, MetaSchedule's defaults, cannot be met once a space is nearly measured, and the search
@@ -54,14 +58,19 @@ def tune_model(
     `repair` drops them, keeping a backup); returns the number of tasks."""
     if trials < 1:
         raise OptionError(f"--trials {trials}: must be at least 1")
-    runner = _runner(remote)  # a bad board fails before the slow lowering
+    cuda = profiles.load(options.target, options.arch).device == "cuda"
+    if cuda and remote is None and not tvm.cuda(0).exist:
+        raise BoardError(f"tuning for {options.target} measures on a CUDA GPU, and this machine has none "
+                         "(--rpc or --tracker measure on another machine's)")
+    runner = _runner(remote, cuda)  # a bad board fails before the slow lowering
     planned = plan_model(model_path, options, log)
     target = planned.target
     mod = pipeline.run(planned.mod, pipeline.kernel_phases(target))
+    tunable = cuda_schedules.is_tunable if cuda else is_tunable
     tasks = [
         task
         for task in ms.relax_integration.extract_tasks(mod, target)
-        if is_tunable(task.dispatched[0]["main"])
+        if tunable(task.dispatched[0]["main"])
     ]
     if not tasks:
         raise ModelError(f"{model_path}: no low-bit kernels to tune for {planned.profile.name}")
@@ -76,7 +85,7 @@ def tune_model(
             mod=task.dispatched[0],
             target=target,
             space_generator=ms.space_generator.ScheduleFn(
-                functools.partial(_design_space, target=target),
+                functools.partial(_cuda_design_spaces if cuda else _design_space, target=target),
                 sch_rules=[],
                 postprocs=[],
                 mutator_probs={ms.mutator.MutateTileSize(): 1.0},
@@ -143,6 +152,11 @@ def _design_space(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> None:
     schedule_lowbit(sch, target, tunable=True)
 
 
+def _cuda_design_spaces(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> list:
+    """The CUDA GEMM function scheduled with each tuned tile (`schedules.cuda.design_spaces`)."""
+    return cuda_schedules.design_spaces(sch.mod["main"], target)
+
+
 def _builder(profile) -> ms.builder.Builder:
     export = _cross_export(profile.cross_compiler) if profile.cross_compiler else None
     return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT, f_build=_build, f_export=export)
@@ -166,10 +180,10 @@ def _cross_export(compiler: str):
     return export
 
 
-def _runner(remote: Remote | None) -> ms.runner.Runner:
+def _runner(remote: Remote | None, cuda: bool = False) -> ms.runner.Runner:
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
     if remote is None:
-        return ms.runner.LocalRunner(evaluator_config=evaluator)
+        return ms.runner.LocalRunner(evaluator_config=evaluator, initializer=_cuda_worker if cuda else None)
     if remote.rpc:
         Session.open(remote)  # one line, now, for a board that is not there
     host, port = address("--rpc", remote.rpc) if remote.rpc else address("--tracker", remote.tracker)
@@ -181,6 +195,14 @@ def _runner(remote: Remote | None) -> ms.runner.Runner:
     return ms.runner.RPCRunner(
         config, evaluator_config=evaluator, f_create_session=_connect_board if remote.rpc else None
     )
+
+
+def _cuda_worker() -> None:
+    """Runner workers load CUDA candidates, whose kernels are CUDA C source compiled at load
+    time: register the compile callback there (`runtime._register_cuda_compiler`)."""
+    from tvmbits.runtime import _register_cuda_compiler
+
+    _register_cuda_compiler(tvm.cuda(0))
 
 
 def _connect_board(config: ms.runner.RPCConfig) -> tvm_rpc.RPCSession:

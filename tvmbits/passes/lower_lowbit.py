@@ -13,6 +13,9 @@ low-bit, `y = layer(x)` holding `conv2d(x, W)` (NHWC/OHWI) or `matmul(x, W)`, be
 A call of a layer that stays float becomes the layer function's body again. The layer
 functions, no longer called, are removed.
 
+Under a CUDA target (run the pass inside `with target:`) the kernels are their GEMM forms
+(`GEMM_FORMS`), which the CUDA schedules tensorize; the operands and results are the same.
+
 The kernel PrimFuncs carry op_pattern 4 (out-elementwise-fusable), so TVM's FuseOps later
 fuses this epilogue, and any bias, batch norm or residual add after it, into the kernel.
 """
@@ -28,16 +31,27 @@ from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, window_offset
 from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
+from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, bitserial_dense_gemm, weight_sums
 from tvmbits.ops.bitserial_term import has_offset
 from tvmbits.ops.quantize import binarize, quantize
 from tvmbits.ops.subbyte import bias, pack_subbyte_weight, subbyte_pack, weight_offset
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
+from tvmbits.ops.subbyte_gemm import subbyte_conv2d_gemm, subbyte_dense_gemm
+from tvmbits.ops.window import Window
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.layers import is_layer_function
 
 OUT_EWISE_FUSABLE = {"op_pattern": 4}
 LOWBIT_KERNELS = ("bitserial", "subbyte")
+# Under a CUDA target (the current `tvm.target.Target`), the same kernels in GEMM form: the
+# same operands and int32 results, summed as the tensor-core MMA sums (ops/*_gemm.py).
+GEMM_FORMS = {
+    bitserial_conv2d_nhwc: bitserial_conv2d_gemm,
+    bitserial_dense: bitserial_dense_gemm,
+    subbyte_conv2d_nhwc: subbyte_conv2d_gemm,
+    subbyte_dense: subbyte_dense_gemm,
+}
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmbits.LowerLowBit")
@@ -87,9 +101,16 @@ class _Rewriter(PyExprMutator):
             sizes = (channels, layer.weight.shape[0])
             if bias(plan.act):
                 inputs.append(relax.const(weight_offset(values, plan.act)))
+        keys = ["offset"] * (len(inputs) - 2)  # the kernels' keyword for each input after the weight
+        target = tvm.target.Target.current(allow_none=True)
+        if target is not None and target.kind.name == "cuda":
+            kernel = GEMM_FORMS[kernel]
+            if plan.kernel == "bitserial":
+                keys = self._gemm_terms(plan, inputs, channels, conv_args)
         # emit_te passes only tensors and plain numbers through; bind the rest here
         acc = self.builder_.emit_te(
-            lambda data, weight, *offset: kernel(data, weight, *sizes, plan.act, plan.wgt, *conv_args, *offset),
+            lambda data, weight, *rest: kernel(data, weight, *sizes, plan.act, plan.wgt, *conv_args,
+                                               **dict(zip(keys, rest))),
             *inputs,
             primfunc_name_hint=name,
             primfunc_attrs=OUT_EWISE_FUSABLE,
@@ -108,6 +129,25 @@ class _Rewriter(PyExprMutator):
             return lambda data: row_offset(data, channels, plan.act, plan.wgt)
         kernel_size = plan.layer.weight.shape[1:3]
         return lambda data: window_offset(data, channels, plan.act, plan.wgt, kernel_size, *conv_args)
+
+    def _gemm_terms(self, plan: LayerPlan, inputs: list, channels: int, conv_args: tuple) -> list[str]:
+        """Append to `inputs` the bit-serial GEMM form's per-pixel term (`bitserial_offset`, also
+        for bipolar × bipolar) and weight term (`bitserial_weight_term`, a function of the
+        constant weights that FoldConstant folds), so that the kernel's PrimFunc holds nothing
+        before its GEMM that its epilogue waits for; the keywords that pass them."""
+        keys = ["offset"] * (len(inputs) - 2)
+        if plan.wgt.offset and not keys:
+            inputs.append(self.builder_.emit_te(self._offset(plan, channels, conv_args), inputs[0],
+                                                primfunc_name_hint="bitserial_offset"))
+            keys.append("offset")
+        if plan.act.offset:
+            window = None
+            if plan.layer.op == "conv2d":
+                window = Window.of(plan.layer.data_shape[1:3], plan.layer.weight.shape[1:3], *conv_args)
+            inputs.append(self.builder_.emit_te(lambda weight: weight_sums(weight, plan.act, plan.wgt, window),
+                                                inputs[1], primfunc_name_hint="bitserial_weight_term"))
+            keys.append("weight_term")
+        return keys
 
     def _inline(self, func: relax.Function, args: list) -> relax.Expr:
         """The body of a layer function on `args`: its bindings emitted here but the last, whose

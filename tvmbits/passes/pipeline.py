@@ -62,8 +62,9 @@ def lowbit_phases(
 
 
 def kernel_phases(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """LowerLowBit, Fuse: from a planned module to its kernel PrimFuncs (what tuning tasks see)."""
-    return [LowerLowBit, Fuse(target)]
+    """LowerLowBit, Fuse: from a planned module to its kernel PrimFuncs (what tuning tasks see).
+    LowerLowBit runs under `target`: for CUDA it emits the kernels' GEMM forms."""
+    return [_under(target, LowerLowBit), Fuse(target)]
 
 
 def build_phases(target: tvm.target.Target, database=None) -> list[tvm.transform.Pass]:
@@ -208,6 +209,18 @@ class DumpIR:
     def run_after_pass(self, mod, info):
         if info.name.startswith(PREFIX):
             self.dump(info.name[len(PREFIX):], mod)
+
+
+def _under(target: tvm.target.Target, phase: tvm.transform.Pass) -> tvm.transform.Pass:
+    """`phase` run with `target` as the current target (a wrapper without the tvmbits. prefix,
+    so that DumpIR writes the module once, after `phase` itself)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmbitsUnderTarget")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            return phase(mod)
+
+    return transform
 
 
 def _backend(target: tvm.target.Target):
