@@ -465,10 +465,10 @@ def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> Non
 
 
 def _reads_along_last_axis(sch: s_tir.Schedule, block) -> bool:
-    """Whether each of the block's reads is indexed, on its buffer's last axis, by the block's
-    innermost iterator (consecutive iterations read consecutive elements)."""
+    """Whether each of the block's reads of a tensor (scalars aside) is indexed, on its last axis,
+    by the block's innermost iterator (consecutive iterations read consecutive elements)."""
     inner = sch.get(block).iter_vars[-1].var
-    reads = sch.get(block).reads
+    reads = [read for read in sch.get(block).reads if len(read.region)]
     return bool(reads) and all(
         any(var.same_as(inner) for var in tirx.analysis.undefined_vars(read.region[-1].min)) for read in reads
     )

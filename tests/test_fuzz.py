@@ -180,7 +180,9 @@ def test_fuzzed_models(capfd, tmp_path, monkeypatch):
 def test_fuzzed_artifacts(capfd, tmp_path):
     failures, codes = _fuzz_artifacts(capfd, tmp_path, 150)
     assert not failures, "\n".join(failures)
-    assert codes.count(2) > 100 and codes.count(0) > 5
+    # most mutations are refused (the checksums); the few that are not (the tar's end padding,
+    # header fields tar ignores) depend on how the library's size falls in the tar's records
+    assert codes.count(2) > 100
 
 
 @pytest.mark.slow
