@@ -224,16 +224,14 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     lanes = min(LANES, int(out_channel.dom.extent))
     reads = sch.get(kernel).reads
     weight = next((i for i, read in enumerate(reads) if read.region[0].min.same_as(out_channel.var)), None)
-    # a float matmul's [K, O] weight: each vector of LANES channels is a column strided by O
     whole = int(out_channel.dom.extent) % lanes == 0
-    # a float matmul's [K, O] weight: each vector of LANES channels is a column strided by O
-    columns = None if weight is not None or "matmul" not in name or not whole else next(
-        (i for i, read in enumerate(reads)
-         if len(read.region) == 2 and read.region[1].min.same_as(out_channel.var)), None)
-    if weight is not None or columns is not None:  # regroup by LANES channels (sub-byte weights come blocked)
-        index_map = (lambda o, *rest: (o // lanes, *rest, o % lanes)) if weight is not None else \
-            (lambda k, o: (o // lanes, k, o % lanes))
-        weight = weight if weight is not None else columns
+    if weight is not None:  # [O, ...]: regroup by LANES channels (sub-byte weights come blocked)
+        index_map = lambda o, *rest: (o // lanes, *rest, o % lanes)  # noqa: E731
+    elif "matmul" in name and whole:  # a float matmul's [K, O] weight: columns strided by O
+        weight = next((i for i, read in enumerate(reads)
+                       if len(read.region) == 2 and read.region[1].min.same_as(out_channel.var)), None)
+        index_map = lambda k, o: (o // lanes, k, o % lanes)  # noqa: E731
+    if weight is not None:
         copy = sch.cache_read(kernel, weight, "global")
         zero = tirx.const(0, sch.get(copy).writes[0].source.dtype)
         sch.transform_layout(kernel, ("read", weight), index_map, pad_value=zero)

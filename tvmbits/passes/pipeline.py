@@ -154,7 +154,7 @@ def Schedule(target: tvm.target.Target, database=None) -> tvm.transform.Pass:  #
 
 def PrepackWeights(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM's pass naming)
     """Regroup constant weights once, at compile time: each kernel's weight copy (the block the
-    schedules annotate for it, e.g. `[O, KH, KW, C]` into `[ceil(O/16), KH, KW, C, 16]`) becomes
+    schedules annotate for it, e.g. `[O, KH, KW, C]` into `[O/16, KH, KW, C, 16]`) becomes
     a function of its own (TVM's SplitLayoutRewritePreproc), which FoldConstant evaluates on the
     weight constant; the kernel then reads the regrouped constant. A weight that is not a
     constant keeps its copy, as a call before the kernel's."""
