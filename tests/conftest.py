@@ -12,6 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 # use a fresh one, so that neither a developer's own logs nor the tests' leak across
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tvmbits-test-cache-")
 
+# pytest-xdist runs one worker per core: a one-thread TVM pool in each (and in the processes they
+# start) keeps the cores from being oversubscribed; the tests check results, not speed
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
+
 # Tiers (`-m unit`, `-m kernel`, `-m e2e`), by file; a file may also set its own `pytestmark`.
 # unit: no model compiled, no kernel run; kernel: single kernels against the integer
 # reference; e2e (every other file): whole models compiled and run, the CLI, boards, examples.

@@ -15,7 +15,7 @@ import onnx
 import tvm
 
 import tvmbits
-from tvmbits import artifact, deploy, tuning_log
+from tvmbits import artifact, deploy, threads, tuning_log
 from tvmbits.errors import InputError, OptionError, TargetError
 from tvmbits.frontend import onnx as onnx_frontend
 from tvmbits.passes import pipeline
@@ -112,6 +112,7 @@ def compile_with(
     model: "str | Path | onnx.ModelProto", options: CompileOptions, log: Callable[[str], None] = lambda m: None
 ) -> artifact.Artifact:
     """`compile` with its options gathered."""
+    threads.size_pool()  # before calibration and constant folding first run TVM kernels here
     if options.use_tuning and options.tuning_log:
         tuning_log.check_folder(options.tuning_log)  # before the slow work
     dump = pipeline.DumpIR(options.dump_ir) if options.dump_ir else None

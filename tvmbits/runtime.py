@@ -25,6 +25,7 @@ import tvm
 from tvm import relax
 from tvm import rpc as tvm_rpc
 
+from tvmbits import threads
 from tvmbits.board import profiler
 from tvmbits.board.serve import address
 from tvmbits.errors import ArtifactError, BoardError
@@ -105,6 +106,7 @@ class Session:
         """Upload (for a board) and load `library` into a Relax VM on the session's device."""
         dev = self.device(device_kind)
         if self.remote is None:
+            threads.size_pool()
             if device_kind == "cuda":
                 _register_cuda_compiler(dev)
             lib = tvm.runtime.load_module(str(library))

@@ -25,7 +25,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-from tvmbits import tuning_log
+from tvmbits import threads, tuning_log
 from tvmbits.board.serve import address
 from tvmbits.compiler import CompileOptions, plan_model
 from tvmbits.errors import BoardError, ModelError, OptionError
@@ -62,6 +62,7 @@ def tune_model(
     if cuda and remote is None and not tvm.cuda(0).exist:
         raise BoardError(f"tuning for {options.target} measures on a CUDA GPU, and this machine has none "
                          "(--rpc or --tracker measure on another machine's)")
+    threads.size_pool()  # measured with the threads a deployed model runs (inherited by the runner's workers)
     runner = _runner(remote, cuda)  # a bad board fails before the slow lowering
     planned = plan_model(model_path, options, log)
     target = planned.target

@@ -16,6 +16,7 @@ import numpy as np
 import tvm
 
 import tvmbits
+from tvmbits import threads
 
 MACHINE = "tvmbits.board.machine"
 VERSIONS = "tvmbits.board.versions"
@@ -69,7 +70,8 @@ def versions() -> str:
 
 def register() -> None:
     """Make this process answer `MACHINE`, `VERSIONS` and `PROFILE` calls (run on a board by its
-    server)."""
+    server), with TVM's thread pool sized to the board's cores (`threads`)."""
+    threads.size_pool()
     tvm.register_global_func(MACHINE, platform.machine, override=True)
     tvm.register_global_func(VERSIONS, versions, override=True)
     tvm.register_global_func(PROFILE, profile, override=True)
