@@ -6,10 +6,10 @@ run by ONNX Runtime float32 on the same one-layer ONNX models, all in one run on
 tvmbits compiles each model for `host` and takes NCHW in and out like the ONNX model, so its
 whole-model time includes the layout transposes at the model's edges, which inside a network
 (NHWC throughout) do not exist; the `kernel` column is the layer's own fused kernel from the
-per-kernel profile, without those transposes. Every contender uses all cores; medians of
-`--repeat` runs after warm-up.
+per-kernel profile, without those transposes. Every contender uses all cores; each time is the
+best of `--rounds` medians of `--repeat` runs, a layer's contenders timed in turn in every round.
 
-    python benchmarks/float_layers.py [--repeat 50] [--out benchmarks/results]
+    python benchmarks/float_layers.py [--repeat 50] [--rounds 3] [--out benchmarks/results]
 """
 
 import argparse
@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import tvmbits
-from layers import time_ort, write_report
+from layers import interleaved, ort_timer, write_report
 from tvmbits.tuning_log import cpu_model
 
 
@@ -89,6 +89,7 @@ def classifier(rng) -> tuple[str, onnx.ModelProto, list[int], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of timing every contender in turn (best kept)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -97,18 +98,26 @@ def main() -> None:
     rows = []
     for name, model, shape, macs in layers:
         x = rng.standard_normal(shape).astype(np.float32)
-        ort_ms = time_ort(model, x, args.repeat)
         compiled = tvmbits.load(tvmbits.compile(model, "host"))
-        whole = compiled.benchmark(args.repeat, {"input": x})["median"]
-        kernels = [row for row in compiled.profile({"input": x}, runs=args.repeat) if "transpose" not in row["name"]]
-        kernel = sum(row["ms"] for row in kernels)
+
+        def kernel_ms() -> float:
+            rows = compiled.profile({"input": x}, runs=args.repeat)
+            return sum(row["ms"] for row in rows if "transpose" not in row["name"])
+
+        timed = interleaved({
+            "ort": ort_timer(model, x, args.repeat),
+            "whole": lambda: compiled.benchmark(args.repeat, {"input": x})["median"],
+            "kernel": kernel_ms,
+        }, args.rounds)
+        ort_ms, whole, kernel = timed["ort"], timed["whole"], timed["kernel"]
         gflops = f"{2 * macs / kernel / 1e6:.0f}" if macs else "–"
         rows.append(f"| {name} | {ort_ms:.3f} | {whole:.3f} | {kernel:.3f} | {gflops} | {ort_ms / kernel:.2f}× |")
         print(rows[-1], file=sys.stderr, flush=True)
     write_report(args.out, "float_layers.md", "\n".join([
         "# The float layers of a binarized ResNet-18: tvmbits vs ONNX Runtime float32",
         "",
-        f"CPU: {cpu_model()}; tvmbits {tvmbits.__version__}; medians of {args.repeat} runs. `kernel`: the "
+        f"CPU: {cpu_model()}; tvmbits {tvmbits.__version__}; best of {args.rounds} rounds' medians of "
+        f"{args.repeat} runs. `kernel`: the "
         "layer's fused kernels from tvmbits' per-kernel profile, without the NCHW↔NHWC transposes at the "
         "one-layer model's edges (a network keeps NHWC throughout).",
         "",

@@ -6,10 +6,11 @@ blocks, 1×1/2 projection shortcuts, batch norm folded into conv biases, global 
 1000-way Gemm) with seeded random weights; the int8 model is ONNX Runtime's `quantize_static`
 (QDQ, per-channel int8 weights, uint8 activations) of it, calibrated on 8 random inputs. The
 binarized model is `examples/bireal_resnet18.py` (float stem, downsample convs and classifier,
-16 binarized 3×3 convs). Every contender uses all cores; medians of `--repeat` runs. tvmbits' own
+16 binarized 3×3 convs). Every contender uses all cores; each time is the best of `--rounds`
+medians of `--repeat` runs, the three timed in turn in every round (`layers.interleaved`). tvmbits' own
 per-kernel profile is split by phase: low-bit kernels, packing, layout transposes, float layers.
 
-    python benchmarks/resnet18.py [--repeat 30] [--out benchmarks/results]
+    python benchmarks/resnet18.py [--repeat 30] [--rounds 3] [--out benchmarks/results]
 """
 
 import argparse
@@ -26,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 import tvmbits
-from layers import time_ort, write_report
+from layers import interleaved, ort_timer, write_report
 from tvmbits.tuning_log import cpu_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
@@ -111,6 +112,7 @@ class _RandomInputs(CalibrationDataReader):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of timing every contender in turn (best kept)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     x = make_input(224, seed=1)
@@ -122,12 +124,15 @@ def main() -> None:
             fp32_path, int8_path, _RandomInputs(8), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )
-        ort_fp32 = time_ort(fp32, x, args.repeat)
-        ort_int8 = time_ort(onnx.load(int8_path), x, args.repeat)
         onnx.save(build_model(224), f"{tmp}/bireal.onnx")
         compiled = tvmbits.load(tvmbits.compile(f"{tmp}/bireal.onnx", "x86_64"))
         meta = compiled.metadata
-        ours = compiled.benchmark(args.repeat, {"input": x})["median"]
+        timed = interleaved({
+            "ort_fp32": ort_timer(fp32, x, args.repeat),
+            "ort_int8": ort_timer(onnx.load(int8_path), x, args.repeat),
+            "ours": lambda: compiled.benchmark(args.repeat, {"input": x})["median"],
+        }, args.rounds)
+        ort_fp32, ort_int8, ours = timed["ort_fp32"], timed["ort_int8"], timed["ours"]
         split = phases(compiled.profile({"input": x}, runs=args.repeat))
     lowbit = [layer for layer in meta["layers"] if layer["kernel"] != "float"]
     float_bytes = sum(layer["weight_bytes_float"] for layer in lowbit)
@@ -136,7 +141,8 @@ def main() -> None:
         "# Whole ResNet-18 (batch 1, 224×224): tvmbits binarized vs ONNX Runtime",
         "",
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; tvmbits {tvmbits.__version__} on TVM {tvm.__version__}, "
-        f"ONNX Runtime {ort.__version__}; medians of {args.repeat} runs.",
+        f"ONNX Runtime {ort.__version__}; the best of {args.rounds} rounds' medians of {args.repeat} runs, "
+        "the three models timed in turn in each round.",
         "",
         "| model | ms | tvmbits speed-up |",
         "|---|---|---|",
