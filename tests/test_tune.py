@@ -87,6 +87,7 @@ def test_killed_run_keeps_its_measurements_and_a_rerun_appends(killed_then_resum
     assert after_kill, "the killed run recorded nothing"
     assert resumed.returncode == 0, resumed.stderr
     assert "tune: " in resumed.stderr and "best" in resumed.stderr  # progress lines
+    assert "tune: default schedule of " in resumed.stderr  # measured beside the candidates
     after_resume = records(log_dir)
     assert after_resume[: len(after_kill)] == after_kill and len(after_resume) >= len(after_interrupt)
     assert json.loads((log_dir / TUNED_ON).read_text())["cores"] == os.cpu_count()

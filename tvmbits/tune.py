@@ -23,6 +23,7 @@ import tvm
 from tvm import rpc as tvm_rpc
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.utils import remove_build_dir
 from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
 from tvmbits import threads, tuning_log
@@ -98,6 +99,10 @@ def tune_model(
         ).clone()
         for index, task in enumerate(tasks)
     ]
+    builder = _builder(planned.profile)
+    if not cuda:
+        _measure_defaults(tasks, target, builder, runner, database, log)
+        writer.flush()
     progress = _Progress([task.task_name for task in tasks], trials, log)
     with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir, _interruptible() as interrupted:
         try:
@@ -107,7 +112,7 @@ def tune_model(
                 work_dir=work_dir,
                 max_trials_global=trials,
                 num_trials_per_iter=min(16, trials),
-                builder=_builder(planned.profile),
+                builder=builder,
                 runner=runner,
                 database=database,
                 cost_model="xgb",
@@ -146,6 +151,35 @@ def _interruptible():
         yield seen
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _measure_defaults(tasks: list, target: tvm.target.Target, builder: ms.builder.Builder,
+                      runner: ms.runner.Runner, database: ms.database.Database, log: Callable[[str], None]) -> None:
+    """Measure each task's default schedule (`schedule_lowbit`) the way MetaSchedule measures its
+    candidates and record it in the log beside them. A compile takes each kernel's fastest
+    record, so a tuned schedule replaces the default only where it measured faster: on a machine
+    whose speed drifts, a few hundred trials can otherwise leave a kernel slower than untuned."""
+    schedules = []
+    for task in tasks:
+        sch = tvm.s_tir.Schedule(task.dispatched[0])
+        schedule_lowbit(sch, target)
+        schedules.append(sch)
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for sch in schedules])
+    measured = [(task, sch, result) for task, sch, result in zip(tasks, schedules, built) if result.error_msg is None]
+    args = [ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, sch, _ in measured]
+    futures = runner.run([
+        ms.runner.RunnerInput(result.artifact_path, "cpu", info)
+        for (_, _, result), info in zip(measured, args)
+    ])
+    for (task, sch, built_result), info, future in zip(measured, args, futures):
+        result = future.result()
+        remove_build_dir(built_result.artifact_path)
+        if result.error_msg or not result.run_secs:
+            continue
+        workload = database.commit_workload(task.dispatched[0])
+        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, info))
+        seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+        log(f"tune: default schedule of {task.task_name}: {seconds * 1e3:.4f} ms")
 
 
 def _design_space(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> None:
