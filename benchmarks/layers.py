@@ -13,7 +13,7 @@ Every contender uses all cores; each number is the best of `--rounds` medians of
 
 It also builds and runs, at the start and again at the end (the best of both kept),
 `popcount_peak.c` (this machine's XOR+popcount peak in bit-MACs/s, by scalar, AVX2 and AVX-512
-loops and a scalar+vector mix) and reports what fraction of the best
+loops over L1-resident words, a scalar+vector mix, and AVX-512 on registers alone) and reports what fraction of the best
 the W1A1 conv kernel reaches alone (its time from the per-kernel profile, packing excluded), and
 `dot_peak.c` (the AVX512-VNNI byte dot-product peak in MACs/s, where the CPU has it) against the
 W4A4 kernel alone.

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,26 @@ TIERS = {
              "test_pass_fold_flatten_transpose"),
     "kernel": ("test_bitpack", "test_bitserial_ops", "test_subbyte_ops", "test_bipolar_padding", "test_cpu_schedule"),
 }
+
+
+# the test files that run the emulated arm64 board (its root file system takes about 5 min to build)
+BOARD_FILES = ("test_board_emulated", "test_arm_subbyte")
+
+
+def pytest_collection_finish(session):
+    """Start building the emulated arm64 board's root file system in the background as soon as
+    the tests are collected, when a selected test needs it and it is not built yet: the tests
+    that need it then wait on the build's lock (`emulate.build`) instead of building it
+    themselves, late in the run, while the other worker has finished."""
+    from tvmbits.board import emulate
+
+    if os.geteuid() != 0 or not any(item.module.__name__ in BOARD_FILES for item in session.items):
+        return
+    if (emulate.cache_dir() / "boards" / "arm64").is_dir():
+        return
+    build = "from tvmbits.board import emulate; emulate.build('arm64', log=lambda message: None)"
+    subprocess.Popen([sys.executable, "-c", build], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
 
 
 def pytest_collection_modifyitems(config, items):

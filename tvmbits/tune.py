@@ -7,7 +7,8 @@ forms' functions (`schedules.cuda.is_tunable`), scheduled with each thread-block
 `schedules.cuda.TUNED_TILES` (`design_spaces`). The space is searched by MetaSchedule's
 evolutionary search with the XGBoost cost model, measured on this machine, on one board
 (`--rpc`, a `tvmbits board serve`) or on boards from a TVM tracker, and recorded in a tuning log
-(`tuning_log.py`) as each measurement finishes.
+(`tuning_log.py`) as each measurement finishes. On CPU targets each run first measures and
+records every task's default schedule, which a compile then weighs against the tuned ones.
 """
 
 import contextlib
