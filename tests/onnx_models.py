@@ -65,6 +65,16 @@ def tiny_bnn(seed=0, channels=(5, 8, 12), size=9, strides=(1, 2), pads=(1, 0), s
     return make_model(nodes, [("input", [batch, 3, size, size])], [("logits", [batch, classes])], init)
 
 
+def sign_conv(seed=0, channels=(8, 16), size=6):
+    """Sign → ±1 3×3 conv: one binarized layer, the one kernel `tvmbits tune` finds in it."""
+    rng = np.random.default_rng(seed)
+    cin, cout = channels
+    nodes = [helper.make_node("Sign", ["input"], ["s"]),
+             helper.make_node("Conv", ["s", "w"], ["output"], pads=[1, 1, 1, 1], name="conv")]
+    return make_model(nodes, [("input", [1, cin, size, size])], [("output", [1, cout, size, size])],
+                      {"w": bipolar(rng, (cout, cin, 3, 3))})
+
+
 def dyadic_input(shape, seed=0) -> np.ndarray:
     """Multiples of 2^-5 in [-2, 2): float convs of them with dyadic weights round nowhere."""
     return (np.random.default_rng(seed).integers(-64, 64, shape) / 32).astype(np.float32)

@@ -12,19 +12,24 @@ import sys
 import time
 
 import numpy as np
+import onnx
 import pytest
 
 from boards import TVMBITS, Process, free_port, one_error_line, serve, tvmbits
 from compiled import run_local
+from onnx_models import sign_conv
 from tvmbits.artifact import open_artifact, write_artifact
 from tvmbits.tuning_log import RECORDS
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, tiny):
-    """This module's folder (board and tracker logs), with the shared tiny_bnn as bnn.onnx."""
+    """This module's folder (board and tracker logs), with the shared tiny_bnn as bnn.onnx and a
+    one-layer model for the tuning runs as layer.onnx (one task: MetaSchedule's start-up and the
+    default schedules' measurement are per task, and take most of a short run)."""
     folder = tmp_path_factory.mktemp("rpc")
     (folder / "bnn.onnx").symlink_to(tiny.model)
+    onnx.save(sign_conv(), folder / "layer.onnx")
     return folder
 
 
@@ -98,7 +103,7 @@ def test_rpc_run_equals_local_run(model, board, tmp_path):
 def test_tune_measures_on_the_board(board, folder, tmp_path):
     server, port = board
     loads = server.count("load_module")
-    done, _ = tvmbits("tune", str(folder / "bnn.onnx"), "--rpc", f"127.0.0.1:{port}", "--trials", "2",
+    done, _ = tvmbits("tune", str(folder / "layer.onnx"), "--rpc", f"127.0.0.1:{port}", "--trials", "2",
                       "--log", str(tmp_path / "log"))
     assert done.returncode == 0, done.stderr
     assert "tune: " in done.stderr and " ms" in done.stderr and "failed" not in done.stderr
@@ -129,7 +134,7 @@ def test_tracker_key_reaches_that_board(model, tracker, tmp_path):
 def test_tune_measures_on_the_tracker_board_of_the_key(model, tracker, folder, tmp_path):
     port, boards = tracker
     loads = {name: server.count("load_module") for name, server in boards.items()}
-    done, _ = tvmbits("tune", str(folder / "bnn.onnx"), "--tracker", f"127.0.0.1:{port}", "--key", "beta",
+    done, _ = tvmbits("tune", str(folder / "layer.onnx"), "--tracker", f"127.0.0.1:{port}", "--key", "beta",
                       "--trials", "2", "--log", str(tmp_path / "log"))
     assert done.returncode == 0, done.stderr
     assert " ms" in done.stderr and "failed" not in done.stderr

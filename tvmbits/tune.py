@@ -25,9 +25,8 @@ from tvm import rpc as tvm_rpc
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.utils import remove_build_dir
-from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-from tvmbits import threads, tuning_log
+from tvmbits import candidate_build, threads, tuning_log
 from tvmbits.board.serve import address
 from tvmbits.compiler import CompileOptions, plan_model
 from tvmbits.errors import BoardError, ModelError, OptionError
@@ -194,26 +193,8 @@ def _cuda_design_spaces(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> l
 
 
 def _builder(profile) -> ms.builder.Builder:
-    export = _cross_export(profile.cross_compiler) if profile.cross_compiler else None
-    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT, f_build=_build, f_export=export)
-
-
-def _build(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
-    """MetaSchedule's default build without its import of every tensor intrinsic (about 30 s
-    in each fresh builder process; the low-bit kernels use none of them): a candidate is built
-    and measured without its weight regrouping, which `PrepackWeights` does at compile time
-    (the runner passes the regrouped weight)."""
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.driver.build(mod, target=target)
-
-
-def _cross_export(compiler: str):
-    def export(mod: tvm.runtime.Module) -> str:
-        path = tempfile.mkdtemp(prefix="tvmbits-tune-") + "/tune.so"
-        mod.export_library(path, fcompile=tvm.support.cc.cross_compiler(compiler))
-        return path
-
-    return export
+    export = candidate_build.cross_export(profile.cross_compiler) if profile.cross_compiler else None
+    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT, f_build=candidate_build.build, f_export=export)
 
 
 def _runner(remote: Remote | None, cuda: bool = False) -> ms.runner.Runner:

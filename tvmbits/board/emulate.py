@@ -54,7 +54,7 @@ WHEELS = (
 )
 VENV = "/opt/tvm"
 # what the board runs: the CLI shell and the board side, none of which imports onnx or xgboost
-BOARD_FILES = ("__init__.py", "__main__.py", "cli.py", "errors.py", "board")
+BOARD_FILES = ("__init__.py", "__main__.py", "cli.py", "errors.py", "threads.py", "board")
 PR_SET_PDEATHSIG = 1
 
 
