@@ -178,8 +178,12 @@ def _measure_defaults(tasks: list, target: tvm.target.Target, builder: ms.builde
             continue
         workload = database.commit_workload(task.dispatched[0])
         database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, info))
-        seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
-        log(f"tune: default schedule of {task.task_name}: {seconds * 1e3:.4f} ms")
+        log(f"tune: default schedule of {task.task_name}: {_mean_seconds(result.run_secs) * 1e3:.4f} ms")
+
+
+def _mean_seconds(run_secs) -> float:
+    """A measurement's time as MetaSchedule ranks records by it: the mean of its repeats."""
+    return sum(float(s) for s in run_secs) / len(run_secs)
 
 
 def _design_space(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> None:
@@ -250,8 +254,7 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
             if error:
                 errors.append(error)
             elif result.run_secs:
-                seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
-                self.best[task_id] = min(self.best[task_id], seconds * 1e3)
+                self.best[task_id] = min(self.best[task_id], _mean_seconds(result.run_secs) * 1e3)
         best = self.best[task_id]
         shown = f"{best:.4f} ms" if best < float("inf") else "none valid yet"
         failed = f"; {len(errors)} failed ({_last_line(errors[0])})" if errors else ""
