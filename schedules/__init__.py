@@ -2,11 +2,14 @@
 
 `default_rules(target)` lists the rules the build applies, in order, to every fused PrimFunc
 that tuning did not already schedule; the first rule that recognises a function schedules it.
+The tensor intrinsics the rules tensorize into are registered with TVM on first use
+(`register_intrinsics`), not at import: parsing them costs seconds every process would pay.
 """
 
 import tvm
 from tvm.s_tir import dlight
 
+from tvmbits.schedules import arm_dot, cuda_mma, vnni
 from tvmbits.schedules.cpu import LowBitCPU, ParallelCPU
 from tvmbits.schedules.cuda import LowBitCUDA
 
@@ -22,3 +25,14 @@ def default_rules(target: tvm.target.Target) -> list:
             dlight.gpu.Fallback(),
         ]
     return [LowBitCPU(), ParallelCPU()]
+
+
+def register_intrinsics(target: tvm.target.Target) -> None:
+    """Register the tensor intrinsics schedules for `target` may tensorize into: needed before a
+    tuning log's schedules (traces naming them) are replayed."""
+    if "gpu" in target.keys:
+        cuda_mma.register()
+    elif arm_dot.is_aarch64(target):
+        arm_dot.register()
+    elif vnni.has_vnni(target):
+        vnni.register()

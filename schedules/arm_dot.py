@@ -20,6 +20,8 @@ and int8 weights, where |a·w| ≤ 127·128 = 16256 and two of them fit int16; `
 only where DATA_MAX · WEIGHT_MAX ≤ 127.
 """
 
+import functools
+
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 from tvm.target import Target
@@ -64,105 +66,122 @@ def _dot_impl(instruction: str, weight: str):
     return impl
 
 
-@T.prim_func(s_tir=True)
-def _neon_widening(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for q in T.unroll(4):
-            # channels 4q, 4q+1 (low) and 4q+2, 4q+3 (high): 8 int16 products each
-            low = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 2), dtype="int8x8"),
-                B.vload([q * 4, 0], dtype="int8x8"),
-                dtype="int16x8",
-            )
-            high = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 2), dtype="int8x8"),
-                B.vload([q * 4 + 2, 0], dtype="int8x8"),
-                dtype="int16x8",
-            )
-            # [c0 k0+k1, c0 k2+k3, c1 .., c1 .., c2 .., c2 .., c3 .., c3 ..]: each |sum| ≤ 32512
-            pairs = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v8i16"), low, high, dtype="int16x8"
-            )
-            C[T.ramp(q * 4, 1, 4)] = C.vload([q * 4], dtype="int32x4") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), pairs, dtype="int32x4"
-            )
-
-
-@T.prim_func(s_tir=True)
-def _neon_bytes(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for q in T.unroll(4):
-            # 16 products of channels 4q … 4q+3 × 4 inputs, each in a byte (|a·w| ≤ 127)
-            products = B.vload([q * 4, 0], dtype="int8x16") * T.reinterpret(
-                T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 4), dtype="int8x16"
-            )
-            pairs = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v8i16.v16i8"), products, dtype="int16x8"
-            )
-            C[T.ramp(q * 4, 1, 4)] = C.vload([q * 4], dtype="int32x4") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), pairs, dtype="int32x4"
-            )
-
-
-@T.prim_func(s_tir=True)
-def _description_16x16(
-    A: T.Buffer((16,), "uint8", offset_factor=1),
-    B: T.Buffer((4, 16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:16], B[0:4, 0:16, 0:4])
-        T.writes(C[0:16])
-        for j, i, k in T.grid(4, 16, 4):
-            with T.sblock("update"):
-                vi = T.axis.spatial(16, i)
-                vc = T.axis.reduce(16, j * 4 + k)
-                C[vi] = C[vi] + T.Cast("int32", A[vc]) * T.Cast("int32", B[vc // 4, vi, vc % 4])
-
-
-@T.prim_func(s_tir=True)
-def _sdot_16x16(
-    A: T.Buffer((16,), "uint8", offset_factor=1),
-    B: T.Buffer((4, 16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:16], B[0:4, 0:16, 0:4])
-        T.writes(C[0:16])
-        for j in T.unroll(4):
+def _neon_widening():
+    @T.prim_func(s_tir=True)
+    def func(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
             for q in T.unroll(4):
-                # activations j·4 … j·4+3 from lane j of one 16-byte load: SDOT by element
-                C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                    C.vload([q * 4], dtype="int32x4"),
-                    B.vload([j, q * 4, 0], dtype="int8x16"),
-                    T.reinterpret(
-                        T.Shuffle([T.reinterpret(A.vload([0], "uint8x16"), dtype="int32x4")], [j, j, j, j]),
-                        dtype="int8x16",
-                    ),
-                    dtype="int32x4",
+                # channels 4q, 4q+1 (low) and 4q+2, 4q+3 (high): 8 int16 products each
+                low = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 2), dtype="int8x8"),
+                    B.vload([q * 4, 0], dtype="int8x8"),
+                    dtype="int16x8",
+                )
+                high = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 2), dtype="int8x8"),
+                    B.vload([q * 4 + 2, 0], dtype="int8x8"),
+                    dtype="int16x8",
+                )
+                # [c0 k0+k1, c0 k2+k3, c1 .., c1 .., c2 .., c2 .., c3 .., c3 ..]: each |sum| ≤ 32512
+                pairs = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v8i16"), low, high, dtype="int16x8"
+                )
+                C[T.ramp(q * 4, 1, 4)] = C.vload([q * 4], dtype="int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), pairs, dtype="int32x4"
                 )
 
+    return func
 
-TensorIntrin.register(SDOT_16x4, dot_16x4_description("int8"), _dot_impl("sdot.v4i32.v16i8", "int8"))
-TensorIntrin.register(UDOT_16x4, dot_16x4_description("uint8"), _dot_impl("udot.v4i32.v16i8", "uint8"))
-TensorIntrin.register(SDOT_16x16, _description_16x16, _sdot_16x16)
-TensorIntrin.register(NEON_16x4, dot_16x4_description("int8"), _neon_widening)
-TensorIntrin.register(NEON_BYTES_16x4, dot_16x4_description("int8"), _neon_bytes)
+
+def _neon_bytes():
+    @T.prim_func(s_tir=True)
+    def func(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for q in T.unroll(4):
+                # 16 products of channels 4q … 4q+3 × 4 inputs, each in a byte (|a·w| ≤ 127)
+                products = B.vload([q * 4, 0], dtype="int8x16") * T.reinterpret(
+                    T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 4), dtype="int8x16"
+                )
+                pairs = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v8i16.v16i8"), products, dtype="int16x8"
+                )
+                C[T.ramp(q * 4, 1, 4)] = C.vload([q * 4], dtype="int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), pairs, dtype="int32x4"
+                )
+
+    return func
+
+
+def _description_16x16():
+    @T.prim_func(s_tir=True)
+    def func(
+        A: T.Buffer((16,), "uint8", offset_factor=1),
+        B: T.Buffer((4, 16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16], B[0:4, 0:16, 0:4])
+            T.writes(C[0:16])
+            for j, i, k in T.grid(4, 16, 4):
+                with T.sblock("update"):
+                    vi = T.axis.spatial(16, i)
+                    vc = T.axis.reduce(16, j * 4 + k)
+                    C[vi] = C[vi] + T.Cast("int32", A[vc]) * T.Cast("int32", B[vc // 4, vi, vc % 4])
+
+    return func
+
+
+def _sdot_16x16():
+    @T.prim_func(s_tir=True)
+    def func(
+        A: T.Buffer((16,), "uint8", offset_factor=1),
+        B: T.Buffer((4, 16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16], B[0:4, 0:16, 0:4])
+            T.writes(C[0:16])
+            for j in T.unroll(4):
+                for q in T.unroll(4):
+                    # activations j·4 … j·4+3 from lane j of one 16-byte load: SDOT by element
+                    C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                        C.vload([q * 4], dtype="int32x4"),
+                        B.vload([j, q * 4, 0], dtype="int8x16"),
+                        T.reinterpret(
+                            T.Shuffle([T.reinterpret(A.vload([0], "uint8x16"), dtype="int32x4")], [j, j, j, j]),
+                            dtype="int8x16",
+                        ),
+                        dtype="int32x4",
+                    )
+
+    return func
+
+
+@functools.cache
+def register() -> None:
+    """Register the intrinsics with TVM, once per process. Parsing their TVMScript takes seconds,
+    so it is done by the builds for AArch64 (before tensorizing, or replaying a tuning log's
+    schedules), not at import."""
+    TensorIntrin.register(SDOT_16x4, dot_16x4_description("int8"), _dot_impl("sdot.v4i32.v16i8", "int8"))
+    TensorIntrin.register(UDOT_16x4, dot_16x4_description("uint8"), _dot_impl("udot.v4i32.v16i8", "uint8"))
+    TensorIntrin.register(SDOT_16x16, _description_16x16(), _sdot_16x16())
+    TensorIntrin.register(NEON_16x4, dot_16x4_description("int8"), _neon_widening())
+    TensorIntrin.register(NEON_BYTES_16x4, dot_16x4_description("int8"), _neon_bytes())
 
 
 def arm_tile_budget(intrinsic: str) -> int:

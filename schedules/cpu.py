@@ -63,6 +63,7 @@ from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
 from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT, WEIGHT_MAX
+from tvmbits.schedules import arm_dot, vnni
 from tvmbits.schedules.arm_dot import ARM_INTRINSICS, SDOT_16x4, SDOT_16x16, arm_intrinsic, arm_tile_budget
 from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
@@ -315,6 +316,7 @@ def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, ten
     if tensorize:
         init = sch.decompose_reduction(kernel, reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])
+        (arm_dot if tensorize in ARM_INTRINSICS else vnni).register()
         sch.tensorize(lane, tensorize)  # replaces lane and inner
     else:
         sch.vectorize(lane)  # before decompose_reduction, which needs the init to move first

@@ -232,6 +232,7 @@ def schedule_gemm(sch: s_tir.Schedule, gemm, intrin: str | None, fuse_epilogue: 
     i0, i1 = sch.split(i, [None, 8])
     j0, j1 = sch.split(j, [None, 8])
     sch.reorder(i0, j0, i1, j1)
+    cuda_mma.register()
     sch.tensorize(i1, cuda_mma.STORE_SHARED if fuse_epilogue else cuda_mma.STORE_GLOBAL)
     init = sch.decompose_reduction(gemm, d0)
     init_rows, init_cols = sch.get_loops(init)[-4:-2]

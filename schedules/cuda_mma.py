@@ -18,6 +18,8 @@ into two registers per lane; `FILL` zeroes it, `STORE_*` writes it to an 8 × 8 
 global or shared memory.
 """
 
+import functools
+
 from tvm.script import tirx as T
 from tvm.s_tir import TensorIntrin
 
@@ -151,8 +153,13 @@ def _store(scope: str):
     return desc, impl
 
 
-for _name, _shape in SHAPES.items():
-    TensorIntrin.register(_name, *_mma(*_shape), override=True)
-TensorIntrin.register(FILL, *_fill(), override=True)
-TensorIntrin.register(STORE_GLOBAL, *_store("global"), override=True)
-TensorIntrin.register(STORE_SHARED, *_store("shared"), override=True)
+@functools.cache
+def register() -> None:
+    """Register the intrinsics with TVM, once per process. Parsing their TVMScript takes seconds,
+    so it is done by the CUDA builds (before tensorizing, or replaying a tuning log's schedules),
+    not at import."""
+    for name, shape in SHAPES.items():
+        TensorIntrin.register(name, *_mma(*shape))
+    TensorIntrin.register(FILL, *_fill())
+    TensorIntrin.register(STORE_GLOBAL, *_store("global"))
+    TensorIntrin.register(STORE_SHARED, *_store("shared"))

@@ -7,6 +7,8 @@ register tile ("local"). It is one `vpdpbusd` (AVX512-VNNI) on 512-bit vectors: 
 intermediate saturates, so the sum is exact for every uint8 × int8 operand.
 """
 
+import functools
+
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 from tvm.target import Target
@@ -36,25 +38,30 @@ def dot_16x4_description(weight: str):
     return description
 
 
-@T.prim_func(s_tir=True)
-def _vpdpbusd(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="int8x64"),
-            B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16",
-        )
+@functools.cache
+def register() -> None:
+    """Register `DOT_16x4` with TVM, once per process. Parsing the TVMScript takes a second, so it
+    is done by the builds that tensorize (and before a tuning log's schedules are replayed), not
+    at import."""
 
+    @T.prim_func(s_tir=True)
+    def _vpdpbusd(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="int8x64"),
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
 
-TensorIntrin.register(DOT_16x4, dot_16x4_description("int8"), _vpdpbusd)
+    TensorIntrin.register(DOT_16x4, dot_16x4_description("int8"), _vpdpbusd)
 
 
 def has_vnni(target: Target) -> bool:

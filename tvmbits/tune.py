@@ -34,6 +34,7 @@ from tvmbits.passes import pipeline
 from tvmbits.remote import Remote
 from tvmbits.runtime import Session
 from tvmbits.schedules import cuda as cuda_schedules
+from tvmbits.schedules import register_intrinsics
 from tvmbits.schedules.cpu import is_tunable, schedule_lowbit
 from tvmbits.targets import profile as profiles
 
@@ -78,6 +79,7 @@ def tune_model(
         raise ModelError(f"{model_path}: no low-bit kernels to tune for {planned.profile.name}")
     if repair and Path(log_dir).is_dir():
         tuning_log.repair(log_dir, log)
+    register_intrinsics(target)  # the search replays the log's schedules
     writer = tuning_log.TuningLogWriter(log_dir, log)
     database = writer.database
     tuning_log.write_tuned_on(Path(log_dir), planned.profile.name)

@@ -33,7 +33,7 @@ from tvmbits.passes.fold_flatten_transpose import FoldFlattenTranspose
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
-from tvmbits.schedules import default_rules
+from tvmbits.schedules import default_rules, register_intrinsics
 from tvmbits.schedules.byte_dot import byte_dot
 
 PREFIX = "tvmbits."
@@ -139,6 +139,7 @@ def Schedule(target: tvm.target.Target, database=None) -> tvm.transform.Pass:  #
     def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
             if database is not None:
+                register_intrinsics(target)
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             tuned = sum(
