@@ -54,7 +54,7 @@ for item in spec["items"]:
         import tvm
         from tvm import relax
         vm = relax.VirtualMachine(tvm.runtime.load_module(item["path"]), tvm.cpu())
-        args = [tvm.runtime.tensor(x)]
+        args = [tvm.runtime.tensor(x), *vm["prepare"]()]  # main takes the weights prepare unpacks, once
         runners[item["name"]] = lambda vm=vm, args=args: vm["main"](*args)
     runners[item["name"]]()  # warm-up: lazy initialisation is not an inference
     print(f"loaded {item['name']}", flush=True)

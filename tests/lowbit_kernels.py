@@ -18,7 +18,7 @@ from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
 from tvmbits.ops.bitserial_dense import bitserial_dense
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import pack_subbyte_weight, subbyte_pack
+from tvmbits.ops.subbyte import block_weight, subbyte_pack
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.schedules.cpu import LowBitCPU
@@ -62,10 +62,10 @@ def _signature(kernel, a_codes, w_codes, act, wgt, conv_args, scheduled, target)
 
 
 def pack_weight(kernel: str, w_codes: np.ndarray, wgt: Encoding) -> np.ndarray:
-    """The weight constant the compiler makes of `w_codes` for `kernel`."""
+    """The weight `kernel` reads for `w_codes`: packed bits, or the sub-byte blocked bytes."""
     if kernel == "bitserial":
         return pack_bits(w_codes, wgt.bits)
-    return pack_subbyte_weight(wgt.decode(w_codes), wgt)
+    return block_weight(wgt.decode(w_codes), wgt)
 
 
 def kernel_te(kernel: str, data: te.Tensor, weight: te.Tensor, channels: int, out_channels: int,

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from tvmbits.artifact import METADATA, check_output_path, metadata_sha256, open_artifact, write_artifact
+from tvmbits.artifact import FORMAT, METADATA, check_output_path, metadata_sha256, open_artifact, write_artifact
 from tvmbits.errors import UserError
 
 META = {
@@ -27,7 +27,7 @@ def artifact(tmp_path):
 
 def test_round_trip_keeps_metadata_and_library(artifact):
     art = open_artifact(artifact)
-    assert art.metadata["profile"] == "x86_64" and art.metadata["format"] == 2
+    assert art.metadata["profile"] == "x86_64" and art.metadata["format"] == FORMAT
     assert art.library.read_bytes().startswith(b"\x7fELF")
 
 
@@ -53,7 +53,7 @@ def test_broken_metadata_is_refused(artifact):
     _rewrite(artifact, metadata=b"{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         open_artifact(artifact)
-    _rewrite(artifact, metadata=json.dumps({"format": 2}).encode())
+    _rewrite(artifact, metadata=json.dumps({"format": FORMAT}).encode())
     with pytest.raises(UserError, match="lacks profile"):
         open_artifact(artifact)
 
@@ -109,11 +109,12 @@ def test_metadata_with_a_matching_checksum_still_meets_the_schema(artifact, edit
         open_artifact(artifact)
 
 
-def test_format_1_artifacts_are_refused(artifact):
+@pytest.mark.parametrize("old", [1, 2])
+def test_older_formats_are_refused(artifact, old):
     meta = _metadata(artifact)
-    meta["format"] = 1
+    meta["format"] = old
     _rewrite(artifact, metadata=json.dumps(meta).encode())
-    with pytest.raises(UserError, match="format 1 is not 2; recompile it"):
+    with pytest.raises(UserError, match=f"format {old} is not {FORMAT}; recompile it"):
         open_artifact(artifact)
 
 

@@ -9,7 +9,7 @@ from tvm import te
 
 from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import pack_subbyte_weight, subbyte_pack, weight_values
+from tvmbits.ops.subbyte import block_weight, pack_subbyte_weight, per_byte, subbyte_pack, weight_values
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 CHANNELS = [1, 5, 31, 32, 33, 64, 70, 100]
@@ -76,20 +76,25 @@ def test_subbyte_pack_biases_values_into_bytes(encoding, values, expected):
 @pytest.mark.parametrize("encoding", [Encoding("bipolar", 1), Encoding("signed", 2), Encoding("unsigned", 2),
                                       Encoding("signed", 3), Encoding("signed", 4),
                                       Encoding("unsigned", 4), Encoding("signed", 6), Encoding("unsigned", 8)])
-def test_subbyte_weight_values_read_back_the_values(encoding):
+def test_subbyte_weight_values_unpack_to_the_blocked_values(encoding):
     lo, hi = encoding.value_range
     values = np.random.default_rng(encoding.bits).integers(lo, hi + 1, size=(20, 3, 9))
     if encoding.kind == "bipolar":
         values = np.where(values >= 0, 1, -1)
-    packed = pack_subbyte_weight(values, encoding)
-    weight = te.placeholder(packed.shape, str(packed.dtype), "w")
-    out = weight_values(weight, encoding)
-    func = tvm.compile(te.create_prim_func([weight, out]), target=TARGET) if out is not weight else None
-    got = packed
-    if func is not None:
+    blocked, packed = block_weight(values, encoding), pack_subbyte_weight(values, encoding)
+    if per_byte(encoding) == 1:  # stored as the blocked bytes
+        assert packed.dtype == blocked.dtype and packed.tolist() == blocked.tolist()
+        with pytest.raises(ValueError, match="nothing to unpack"):
+            weight_values(te.placeholder(packed.shape, str(packed.dtype), "w"), encoding)
+        got = blocked
+    else:
+        weight = te.placeholder(packed.shape, str(packed.dtype), "w")
+        out = weight_values(weight, encoding)
+        func = tvm.compile(te.create_prim_func([weight, out]), target=TARGET)
         result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)))
         func(tvm.runtime.tensor(packed), result)
         got = result.numpy()
+        assert got.dtype == blocked.dtype and got.tolist() == blocked.tolist()
     # [2 blocks, 3 taps, 3 channel groups, 16, 4] back to [O, taps, C]
     unblocked = np.moveaxis(got, -2, 1).reshape(32, 3, 12)
     assert unblocked[:20, :, :9].tolist() == values.tolist()

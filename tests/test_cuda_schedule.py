@@ -11,7 +11,7 @@ from tvm.s_tir import dlight
 
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, bitserial_dense_gemm
-from tvmbits.ops.subbyte import pack_subbyte_weight, subbyte_pack
+from tvmbits.ops.subbyte import block_weight, subbyte_pack
 from tvmbits.ops.subbyte_gemm import subbyte_conv2d_gemm
 from tvmbits.schedules import default_rules
 from tvmbits.schedules.cuda import LowBitCUDA, cuda_arch
@@ -50,8 +50,8 @@ def two_bit_dense() -> tvm.tirx.PrimFunc:
 def subbyte_conv() -> tvm.tirx.PrimFunc:
     act, wgt = Encoding("unsigned", 4), Encoding("signed", 4)
     codes = te.placeholder((1, 8, 8, 32), "int32", "codes")
-    packed = pack_subbyte_weight(np.zeros((48, 3, 3, 32), np.int64), wgt)
-    weight = te.placeholder(packed.shape, packed.dtype.name, "weight")
+    blocked = block_weight(np.zeros((48, 3, 3, 32), np.int64), wgt)
+    weight = te.placeholder(blocked.shape, blocked.dtype.name, "weight")
     out = subbyte_conv2d_gemm(subbyte_pack(codes, act), weight, 32, 48, act, wgt, (1, 1), (1, 1, 1, 1))
     return te.create_prim_func([codes, weight, out])
 

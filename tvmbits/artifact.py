@@ -1,14 +1,16 @@
 """The compiled-model package: `model.tar` = `lib.so` + `metadata.json`, two regular files.
 
-`lib.so` is the exported Relax VM executable with its kernels, linked for the profile's device.
-`metadata.json` (format 2) holds: tvmbits and TVM versions, the target profile name, its TVM
+`lib.so` is the exported Relax VM executable with its kernels, linked for the profile's device:
+`prepare()`, run once when it is loaded, returns the weights it unpacks, and `main` takes the
+model's inputs followed by them (`passes/unpack_at_load.py`). `metadata.json` (format 3) holds: tvmbits and TVM versions, the target profile name, its TVM
 target and the device's CPU architecture (`uname -m`), device kind, input and output names with
 shapes and dtypes, one record per conv/dense layer (kernel, bit widths, weight bytes before and
 after packing, why a layer stayed float), the sha256 of `lib.so` (`library_sha256`) and the
 sha256 of the metadata itself (`metadata_sha256`: of its canonical JSON, sorted keys, without
 that key). `open_artifact` checks both checksums and the metadata's schema, and refuses links
 and any member that is not one of the two regular files, before anything loads the library.
-Format 1 artifacts (no metadata checksum) are refused: recompile them.
+Artifacts of other formats are refused: recompile them (format 1 had no metadata checksum,
+format 2's `main` unpacked the sub-byte weights on every call and had no `prepare`).
 
 `check_output_path` refuses, before a compile starts, an output that cannot be written or must
 not be overwritten (the model itself, a folder, a file that is not a tvmbits artifact).
@@ -27,7 +29,7 @@ import numpy as np
 
 from tvmbits.errors import ArtifactError
 
-FORMAT = 2
+FORMAT = 3
 LIBRARY = "lib.so"
 METADATA = "metadata.json"
 REQUIRED_KEYS = (

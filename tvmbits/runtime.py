@@ -29,16 +29,24 @@ from tvmbits import threads
 from tvmbits.board import profiler
 from tvmbits.board.serve import address
 from tvmbits.errors import ArtifactError, BoardError
+from tvmbits.passes.unpack_at_load import PREPARE
 from tvmbits.remote import Remote
 
 
 @dataclass
 class Loaded:
-    """A library loaded in the Relax VM of a session's device."""
+    """A library loaded in the Relax VM of a session's device, with what its `prepare` returned
+    (the weights unpacked at load, `passes/unpack_at_load.py`): every call of `main` takes the
+    model's inputs and then these."""
 
     library: tvm.runtime.Module
     vm: relax.VirtualMachine
     device: tvm.runtime.Device
+    prepared: tuple
+
+    def arguments(self, inputs: list[np.ndarray]) -> list:
+        """`main`'s arguments for `inputs` (copied to the device) and the prepared weights."""
+        return [*(tvm.runtime.tensor(a, self.device) for a in inputs), *self.prepared]
 
 
 class Session:
@@ -117,7 +125,7 @@ class Session:
         if device_kind == "cuda" and not self._call("opening its GPU", lambda: dev.exist):
             raise BoardError(f"{self.where} has no CUDA device to run this artifact on")
         vm = self._call("starting the VM", lambda: relax.VirtualMachine(lib, dev))
-        return Loaded(lib, vm, dev)
+        return Loaded(lib, vm, dev, self._call("unpacking the weights", lambda: _prepare(vm)))
 
     def close(self) -> None:
         self.remote = None  # TVM closes the RPC session when its last reference goes
@@ -136,7 +144,7 @@ def run(session: Session, loaded: Loaded, args: list[np.ndarray]) -> list[np.nda
     """Run `main` once on `args`; the outputs as numpy arrays, in the function's order."""
 
     def call():
-        out = loaded.vm["main"](*[tvm.runtime.tensor(a, loaded.device) for a in args])
+        out = loaded.vm["main"](*loaded.arguments(args))
         values = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
         return [value.numpy() for value in values]
 
@@ -148,7 +156,7 @@ def time(session: Session, loaded: Loaded, args: list[np.ndarray], number: int, 
     """`repeat` timings of `main` in ms, each the mean of `number` runs, measured on the device."""
 
     def measure():
-        loaded.vm.set_input("main", *[tvm.runtime.tensor(a, loaded.device) for a in args])
+        loaded.vm.set_input("main", *loaded.arguments(args))
         timer = loaded.vm.time_evaluator(
             "invoke_stateful", loaded.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
         )
@@ -160,7 +168,7 @@ def time(session: Session, loaded: Loaded, args: list[np.ndarray], number: int, 
 def profile(session: Session, loaded: Loaded, args: list[np.ndarray], runs: int = 5) -> list[dict]:
     """Per-kernel times of `main` measured on the device (`tvmbits.board.profiler`): one row per
     kernel, {name, calls, ms, share}, ms being its median time per model run."""
-    tensors = [tvm.runtime.tensor(a, loaded.device) for a in args]
+    tensors = loaded.arguments(args)
     if session.remote is None:
         report = profiler.profile(loaded.vm.module, "main", runs, *tensors)
     else:
@@ -177,6 +185,14 @@ def profile(session: Session, loaded: Loaded, args: list[np.ndarray], runs: int 
     for row in rows:
         row["share"] = row["ms"] / total
     return rows
+
+
+def _prepare(vm: relax.VirtualMachine) -> tuple:
+    """Run the library's `prepare` once (through the VM's stateful calls, which fetch a tuple's
+    fields one by one, also over RPC): the tensors `main` takes after the inputs."""
+    vm.set_input(PREPARE)
+    vm.invoke_stateful(PREPARE)
+    return tuple(vm.get_outputs(PREPARE))
 
 
 def _register_cuda_compiler(dev: tvm.runtime.Device) -> None:

@@ -3,9 +3,9 @@
 The layer is rebuilt alone in a Relax module, `main(x) = conv2d(x, W)` (NHWC/OHWI) or
 `matmul(x, Wᵀ)`, x the layer's float input, and lowered, fused and scheduled by the compiler's
 own passes (a layer function carrying the plan, then `pipeline.build_phases`: LowerLowBit,
-Fuse, Schedule): binarize or quantize, the packing op, and the kernel
-with its fused epilogue (activation zero-point correction, the float32 scale). What `main` then
-calls is a straight list of PrimFuncs; they are built for the profile as one library and the
+UnpackAtLoad, Fuse, Schedule): binarize or quantize, the packing op, and the kernel with its
+fused epilogue (activation zero-point correction, the float32 scale). What `prepare` (the
+weights' unpacking) and then `main` call is a straight list of PrimFuncs; they are built for the profile as one library and the
 list becomes a `Program`, which `emulator.run` executes on the emulated CPU.
 
 The seeded input holds values of the layer's activation encoding, v · act_scale in float32 for
@@ -26,6 +26,7 @@ from tvmbits.ops import reference
 from tvmbits.passes import pipeline
 from tvmbits.passes.layer_plan import LayerPlan
 from tvmbits.passes.layers import NAME, OP
+from tvmbits.passes.unpack_at_load import PREPARE
 
 
 @dataclass
@@ -69,7 +70,7 @@ def build(plan: LayerPlan, profile, target: tvm.target.Target, library: Path) ->
     """Lower `plan`'s layer alone, build its functions for `target` into `library` with the
     profile's cross compiler, and return the program that runs them."""
     mod = pipeline.run(_alone(plan), pipeline.build_phases(target))
-    tensors, calls, output = _call_list(mod["main"], plan.name)
+    tensors, calls, output = _call_list(mod, plan.name)
     # exported as `__tvm_ffi_<name>` (the Relax build's AttachGlobalSymbol does this in a model)
     kernels = tvm.IRModule({
         gv: func.with_attr("global_symbol", gv.name_hint)
@@ -85,32 +86,43 @@ def build(plan: LayerPlan, profile, target: tvm.target.Target, library: Path) ->
     return Program(library, tensors, calls, 0, output)
 
 
-def _call_list(main: relax.Function, name: str) -> tuple[list, list, int]:
-    """(tensors, calls, output index) of a main that is a straight line of call_tir bindings;
-    tensor 0 is main's parameter."""
+def _call_list(mod: tvm.IRModule, name: str) -> tuple[list, list, int]:
+    """(tensors, calls, output index) of a lowered layer whose `prepare` and `main` are straight
+    lines of call_tir bindings: `prepare`'s calls (unpacking weights) first, then `main`'s, which
+    takes `prepare`'s results after its input; tensor 0 is main's input."""
+    main, prepare = mod["main"], mod[PREPARE]
     tensors: list = [None]
     index = {main.params[0]: 0}
-    calls = []
-    for block in main.body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Var) and value in index:
-                index[binding.var] = index[value]
-                continue
-            if not (isinstance(value, relax.Call) and value.op.name == "relax.call_tir"):
-                raise NotImplementedError(f"layer {name}: the lowered layer computes {value.op} outside a kernel")
-            gvar, args = value.args[0], value.args[1].fields
-            ids = []
-            for arg in args:
-                if isinstance(arg, tvm.ir.expr.Constant):
-                    tensors.append(arg.value.numpy())
-                    ids.append(len(tensors) - 1)
-                else:
-                    ids.append(index[arg])
-            tensors.append(_allocation(binding.var))
-            index[binding.var] = len(tensors) - 1
-            calls.append((gvar.name_hint, ids + [index[binding.var]]))
+    calls: list = []
+    for func in (prepare, main):
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                _add_call(binding, index, tensors, calls, name)
+        if func is prepare:
+            index.update(zip(main.params[1:], (index[field] for field in prepare.body.body.fields)))
     return tensors, calls, index[main.body.body]
+
+
+def _add_call(binding, index: dict, tensors: list, calls: list, name: str) -> None:
+    """Append `binding`'s call_tir to `calls` (its constants and result to `tensors`), or alias
+    its variable when it binds one."""
+    value = binding.value
+    if isinstance(value, relax.Var) and value in index:
+        index[binding.var] = index[value]
+        return
+    if not (isinstance(value, relax.Call) and value.op.name == "relax.call_tir"):
+        raise NotImplementedError(f"layer {name}: the lowered layer computes {value.op} outside a kernel")
+    gvar, args = value.args[0], value.args[1].fields
+    ids = []
+    for arg in args:
+        if isinstance(arg, tvm.ir.expr.Constant):
+            tensors.append(arg.value.numpy())
+            ids.append(len(tensors) - 1)
+        else:
+            ids.append(index[arg])
+    tensors.append(_allocation(binding.var))
+    index[binding.var] = len(tensors) - 1
+    calls.append((gvar.name_hint, ids + [index[binding.var]]))
 
 
 def _allocation(var: relax.Var) -> tuple[tuple[int, ...], str]:

@@ -9,15 +9,17 @@ of `DOT` (4), one *biased* value per byte: u = value + `bias(act)`, bias = −(s
 the encoding (bipolar 1, so u ∈ {0, 2}; signed k-bit 2^(k−1); unsigned 0), so u ∈ 0 … 255.
 Padding (channels up to CP, and the pixels a conv pads with) is u = bias: value 0.
 
-Weights (`pack_subbyte_weight`, numpy, at compile time): values blocked as
-`[ceil(O/16), *taps, CP/4, 16, 4]`: 16 output channels (`BLOCK`) × 4 consecutive input
-channels, 64 bytes, the weight operand of one dot-product instruction; padded output and input
-channels are value 0. Values of ≤ 2 bits are stored four per byte in 2-bit fields and values of
-3–4 bits two per byte in 4-bit fields: the block's last axis is `[4 / per_byte]`, input channel
-4j + k in field k % per_byte (from the low bits) of byte k // per_byte, as two's complement of
-the field's width (unsigned encodings: plain), a quarter or half the bytes of int8. 5–8-bit
-values are stored as int8 (uint8 for unsigned 8-bit, whose values pass 127). `weight_values`
-reads them back.
+Weights: the kernels read the values blocked as `[ceil(O/16), *taps, CP/4, 16, 4]` int8
+(uint8 for unsigned 8-bit, whose values pass 127; `block_weight`, numpy): 16 output channels
+(`BLOCK`) × 4 consecutive input channels, 64 bytes, the weight operand of one dot-product
+instruction; padded output and input channels are value 0. The compiled model stores them
+packed (`pack_subbyte_weight`, at compile time): values of ≤ 2 bits four per byte in 2-bit
+fields and values of 3–4 bits two per byte in 4-bit fields, the block's last axis `[4 /
+per_byte]`, input channel 4j + k in field k % per_byte (from the low bits) of byte
+k // per_byte, as two's complement of the field's width (unsigned encodings: plain), a quarter
+or half the bytes of int8; 5–8-bit values as the blocked bytes themselves. `weight_values`
+(TE) unpacks them into the blocked bytes, once, when the model is loaded
+(`passes/unpack_at_load.py`).
 
 Σ u·w = Σ value·w + bias·Σ w: the kernels subtract bias·Σ w per output channel
 (`weight_offset`); padded taps hold value 0 and need no test in the inner loop.
@@ -38,6 +40,7 @@ BLOCK = 16  # output channels per weight block (int32 lanes of one 512-bit vecto
 DOT = 4  # input channels per dot product (bytes summed into one int32)
 DATA_MAX = "tvmbits.data_max"  # kernel block annotation: the largest biased activation byte
 WEIGHT_MAX = "tvmbits.weight_max"  # kernel block annotation: the largest weight magnitude
+UNPACK = "subbyte_unpack_weight"  # the TE compute (and PrimFunc) that unpacks stored weights
 
 
 def bias(act: Encoding) -> int:
@@ -107,27 +110,32 @@ def subbyte_pack(values: te.Tensor, act: Encoding) -> te.Tensor:
     return te.compute((*lead, padded_channels(channels)), byte, name="subbyte_pack")
 
 
-def pack_subbyte_weight(values: np.ndarray, wgt: Encoding) -> np.ndarray:
-    """Integer weight values `[O, *taps, C]` → the blocked layout of the module docstring."""
+def block_weight(values: np.ndarray, wgt: Encoding) -> np.ndarray:
+    """Integer weight values `[O, *taps, C]` → the blocked bytes the kernels read (module docstring)."""
     values = np.asarray(values).astype(np.int64)
     out_channels, *taps, channels = values.shape
     blocks = -(-out_channels // BLOCK)
     padded = np.zeros((blocks * BLOCK, *taps, padded_channels(channels)), np.int64)
     padded[:out_channels, ..., :channels] = values
-    blocked = np.moveaxis(padded.reshape(blocks, BLOCK, *taps, -1, DOT), 1, -2)
+    return np.moveaxis(padded.reshape(blocks, BLOCK, *taps, -1, DOT), 1, -2).astype(weight_dtype(wgt))
+
+
+def pack_subbyte_weight(values: np.ndarray, wgt: Encoding) -> np.ndarray:
+    """Integer weight values `[O, *taps, C]` → the blocked layout the model stores (module docstring)."""
+    blocked = block_weight(values, wgt)
     count, width = per_byte(wgt), field_bits(wgt)
     if count == 1:
-        return blocked.astype(weight_dtype(wgt))
-    fields = blocked & ((1 << width) - 1)
+        return blocked
+    fields = blocked.astype(np.int64) & ((1 << width) - 1)
     return sum(fields[..., k::count] << (width * k) for k in range(count)).astype(np.uint8)
 
 
 def weight_values(weight: te.Tensor, wgt: Encoding) -> te.Tensor:
-    """The blocked weight as int8/uint8 values `[..., 16, 4]`: `weight` itself for 5–8 bits,
-    unpacked from its 2- or 4-bit fields (TE compute `subbyte_unpack_weight`, once per call)."""
+    """The blocked bytes `[..., 16, 4]` (int8/uint8) of a `pack_subbyte_weight` of ≤ 4-bit
+    values, unpacked from their 2- or 4-bit fields (TE compute `UNPACK`)."""
     count, width = per_byte(wgt), field_bits(wgt)
     if count == 1:
-        return weight
+        raise ValueError(f"{wgt} weights are stored as bytes: there is nothing to unpack")
     signed = wgt.kind != "unsigned"
 
     def value(*index):
@@ -137,7 +145,7 @@ def weight_values(weight: te.Tensor, wgt: Encoding) -> te.Tensor:
             code = code - ((code >> (width - 1)) << width)
         return code.astype(weight_dtype(wgt))
 
-    return te.compute((*weight.shape[:-1], DOT), value, name="subbyte_unpack_weight")
+    return te.compute((*weight.shape[:-1], DOT), value, name=UNPACK)
 
 
 def weight_offset(values: np.ndarray, act: Encoding) -> np.ndarray:
@@ -147,7 +155,7 @@ def weight_offset(values: np.ndarray, act: Encoding) -> np.ndarray:
 
 
 def weight_offset_te(values: te.Tensor, act: Encoding, out_channels: int) -> te.Tensor:
-    """`weight_offset` computed from the blocked `weight_values` in the kernel's PrimFunc (when
+    """`weight_offset` computed from the blocked weight bytes in the kernel's PrimFunc (when
     the caller does not pass it as a constant): TE compute `subbyte_weight_offset`."""
     *_, lanes, dot = values.shape
     reduce = [te.reduce_axis((0, int(d)), f"r{i}") for i, d in enumerate(values.shape[1:-2])]
@@ -161,11 +169,13 @@ def weight_offset_te(values: te.Tensor, act: Encoding, out_channels: int) -> te.
 
 
 def check_packed(data: te.Tensor, weight: te.Tensor, channels: int, wgt: Encoding) -> None:
-    """Raise ValueError unless `data` and `weight` are laid out for `channels` input channels."""
+    """Raise ValueError unless `data` and the blocked `weight` bytes are laid out for `channels`
+    input channels and `wgt`."""
     expected = padded_channels(channels)
     if int(data.shape[-1]) != expected:
         raise ValueError(f"data holds {int(data.shape[-1])} channels, expected {expected} for {channels}")
     held = int(weight.shape[-3]) * DOT
-    last = DOT // per_byte(wgt)
-    if held != expected or int(weight.shape[-2]) != BLOCK or int(weight.shape[-1]) != last:
-        raise ValueError(f"weight of shape {[int(d) for d in weight.shape]} is not blocked for {channels} channels and {wgt}")
+    if (held != expected or int(weight.shape[-2]) != BLOCK or int(weight.shape[-1]) != DOT
+            or str(weight.dtype) != weight_dtype(wgt)):
+        raise ValueError(f"weight {[int(d) for d in weight.shape]} {weight.dtype} is not blocked "
+                         f"for {channels} channels and {wgt}")

@@ -1,7 +1,7 @@
 """Sub-byte NHWC conv2d as byte dot products (TE compute `subbyte_conv2d`).
 
 data   `[N, H, W, CP]` uint8, `subbyte_pack` of NHWC activations (biased values);
-weight `[ceil(O/16), KH, KW, CP/4, 16, 4 | 2]`, `pack_subbyte_weight` of OHWI weight values;
+weight `[ceil(O/16), KH, KW, CP/4, 16, 4]` int8/uint8, `block_weight` of OHWI weight values;
 output `[N, OH, OW, O]` int32, exactly Σ value_a · value_w over the taps inside the input.
 The input is padded with the bias (`subbyte_pad`: value 0), so padded taps contribute 0, also
 for bipolar activations (a padded pixel is value 0, not −1), and the reduction has no test
@@ -12,7 +12,7 @@ from tvm import te, tirx
 
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import (DATA_MAX, DOT, WEIGHT_MAX, bias, check_packed, data_max, weight_max,
-                                 weight_offset_te, weight_values)
+                                 weight_offset_te)
 from tvmbits.ops.window import Window
 
 
@@ -32,7 +32,7 @@ def subbyte_conv2d_nhwc(
     Parameters
     ----------
     data, weight : te.Tensor
-        Biased activations and blocked weights.
+        Biased activations and blocked weight bytes.
     in_channels, out_channels : int
         C and O, before padding.
     act, wgt : Encoding
@@ -55,7 +55,6 @@ def subbyte_conv2d_nhwc(
     check_packed(data, weight, int(in_channels), wgt)
     window = Window.of((height, width), (kernel_h, kernel_w), strides, padding)
     padded = _pad(data, window, bias(act))
-    values = weight_values(weight, wgt)
     ky = te.reduce_axis((0, kernel_h), "ky")
     kx = te.reduce_axis((0, kernel_w), "kx")
     c = te.reduce_axis((0, int(data.shape[-1])), "c")
@@ -63,7 +62,7 @@ def subbyte_conv2d_nhwc(
 
     def output(n, y, x, o):
         a = padded[n, y * sh + ky, x * sw + kx, c].astype("int32")
-        w = values[o // lanes, ky, kx, c // DOT, o % lanes, c % DOT].astype("int32")
+        w = weight[o // lanes, ky, kx, c // DOT, o % lanes, c % DOT].astype("int32")
         return te.sum(a * w, axis=[ky, kx, c])
 
     out = te.compute((batch, *window.out_size, int(out_channels)), output, name="subbyte_conv2d",
@@ -71,7 +70,7 @@ def subbyte_conv2d_nhwc(
     if not bias(act):
         return out
     if offset is None:
-        offset = weight_offset_te(values, act, int(out_channels))
+        offset = weight_offset_te(weight, act, int(out_channels))
     return te.compute(out.shape, lambda n, y, x, o: out[n, y, x, o] - offset[o], name="subbyte_unbias")
 
 

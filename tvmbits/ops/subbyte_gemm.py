@@ -16,7 +16,7 @@ in `subbyte_conv2d_nhwc`.
 from tvm import te
 
 from tvmbits.ops.encoding import Encoding
-from tvmbits.ops.subbyte import DOT, bias, check_packed, weight_offset_te, weight_values
+from tvmbits.ops.subbyte import DOT, bias, check_packed, weight_offset_te
 from tvmbits.ops.subbyte_conv2d import _pad
 from tvmbits.ops.window import Window
 
@@ -43,7 +43,6 @@ def subbyte_conv2d_gemm(
     window = Window.of((height, width), (kernel_h, kernel_w), strides, padding)
     out_h, out_w = window.out_size
     padded = _pad(data, window, bias(act))
-    values = weight_values(weight, wgt)
     (sh, sw), per_tap = window.strides, kernel_w * channels
 
     def im2col(m, k):
@@ -53,14 +52,14 @@ def subbyte_conv2d_gemm(
 
     def weight_row(o, k):
         ky, kx, c = k // per_tap, k // channels % kernel_w, k % channels
-        return values[o // lanes, ky, kx, c // DOT, o % lanes, c % DOT]
+        return weight[o // lanes, ky, kx, c // DOT, o % lanes, c % DOT]
 
     reduction = kernel_h * per_tap
     cols = te.compute((batch * out_h * out_w, reduction), im2col, name="subbyte_im2col")
     rows = te.compute((out_channels, reduction), weight_row, name="subbyte_weight_matrix")
     products = byte_gemm(cols, rows)
     if bias(act) and offset is None:
-        offset = weight_offset_te(values, act, out_channels)
+        offset = weight_offset_te(weight, act, out_channels)
 
     def output(n, y, x, o):  # the offset first: its block then comes before the GEMM's (bitserial_gemm._sum)
         total = products[(n * out_h + y) * out_w + x, o]
@@ -83,15 +82,14 @@ def subbyte_dense_gemm(
     out_features = int(out_features)
     check_packed(data, weight, int(in_features), wgt)
     lanes = int(weight.shape[-2])
-    values = weight_values(weight, wgt)
     rows = te.compute(
         (out_features, int(data.shape[-1])),
-        lambda o, k: values[o // lanes, k // DOT, o % lanes, k % DOT],
+        lambda o, k: weight[o // lanes, k // DOT, o % lanes, k % DOT],
         name="subbyte_weight_matrix",
     )
     products = byte_gemm(data, rows)
     if bias(act) and offset is None:
-        offset = weight_offset_te(values, act, out_features)
+        offset = weight_offset_te(weight, act, out_features)
 
     def output(n, o):
         return -offset[o] + products[n, o] if bias(act) else products[n, o]

@@ -5,8 +5,9 @@ low-bit, `y = layer(x)` holding `conv2d(x, W)` (NHWC/OHWI) or `matmul(x, W)`, be
 
     codes  = binarize(z) | quantize(x, act_scale, act_zero_point)  # Sign(z) feeding it absorbed
     packed = bitpack(codes) | subbyte_pack(codes)
-    acc    = <kernel>(packed, W_packed[, offset])  # int32, W packed (and the sub-byte
-                                                   # kernels' weight_offset summed) here
+    W      = W_packed | subbyte_unpack_weight(W_packed)  # the latter for ≤ 4-bit sub-byte weights
+    acc    = <kernel>(packed, W[, offset])  # int32; W packed here (and the sub-byte
+                                            # kernels' weight_offset summed)
              − act_zero_point · Σ W            # only for a zero point; per position and channel
     y      = float32(acc) · (act_scale · weight_scale)  # per output channel, last axis
 
@@ -16,6 +17,8 @@ functions, no longer called, are removed.
 Under a CUDA target (run the pass inside `with target:`) the kernels are their GEMM forms
 (`GEMM_FORMS`), which the CUDA schedules tensorize; the operands and results are the same.
 
+The unpacking PrimFunc is opaque (op_pattern 8): FuseOps leaves its call alone, and
+`UnpackAtLoad` moves it to the function the runtime calls once, when it loads the model.
 The kernel PrimFuncs carry op_pattern 4 (out-elementwise-fusable), so TVM's FuseOps later
 fuses this epilogue, and any bias, batch norm or residual add after it, into the kernel.
 """
@@ -34,15 +37,17 @@ from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
 from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, bitserial_dense_gemm, weight_sums
 from tvmbits.ops.bitserial_term import has_offset
 from tvmbits.ops.quantize import binarize, quantize
-from tvmbits.ops.subbyte import bias, pack_subbyte_weight, subbyte_pack, weight_offset
+from tvmbits.ops.subbyte import UNPACK, bias, pack_subbyte_weight, per_byte, subbyte_pack, weight_offset, weight_values
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.ops.subbyte_gemm import subbyte_conv2d_gemm, subbyte_dense_gemm
 from tvmbits.ops.window import Window
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.layers import is_layer_function
+from tvmbits.passes.unpack_at_load import UNPACK_AT_LOAD
 
 OUT_EWISE_FUSABLE = {"op_pattern": 4}
+UNPACKING = {"op_pattern": 8, UNPACK_AT_LOAD: True}  # opaque: FuseOps leaves it alone
 LOWBIT_KERNELS = ("bitserial", "subbyte")
 # Under a CUDA target (the current `tvm.target.Target`), the same kernels in GEMM form: the
 # same operands and int32 results, summed as the tensor-core MMA sums (ops/*_gemm.py).
@@ -96,7 +101,7 @@ class _Rewriter(PyExprMutator):
         else:
             packed = self.builder_.emit_te(partial(subbyte_pack, act=plan.act), codes, primfunc_name_hint="subbyte_pack")
             values = plan.weight_values
-            inputs = [packed, relax.const(pack_subbyte_weight(values, plan.wgt))]
+            inputs = [packed, self._subbyte_weight(plan)]
             kernel = subbyte_conv2d_nhwc if layer.op == "conv2d" else subbyte_dense
             sizes = (channels, layer.weight.shape[0])
             if bias(plan.act):
@@ -122,6 +127,16 @@ class _Rewriter(PyExprMutator):
         if np.all(scale == 1):
             return out
         return relax.op.multiply(self.builder_.emit(out), relax.const(scale))
+
+    def _subbyte_weight(self, plan: LayerPlan) -> relax.Expr:
+        """The blocked weight bytes the sub-byte kernel reads: the constant itself for 5–8-bit
+        weights; for fewer bits, the packed constant unpacked by its own call (`UNPACK`,
+        opaque so that FuseOps keeps it out of the kernel, for UnpackAtLoad to move to load)."""
+        stored = relax.const(pack_subbyte_weight(plan.weight_values, plan.wgt))
+        if per_byte(plan.wgt) == 1:
+            return stored
+        return self.builder_.emit_te(partial(weight_values, wgt=plan.wgt), stored,
+                                     primfunc_name_hint=UNPACK, primfunc_attrs=UNPACKING)
 
     @staticmethod
     def _offset(plan: LayerPlan, channels: int, conv_args: tuple):

@@ -7,6 +7,7 @@
       ─▶ PlanLayers      each layer's kernel, bits, scales into its function's attributes
       ─▶ Calibrate       activation ranges for post-training layers (only when some need them)
       ─▶ LowerLowBit     low-bit layers into quantize → pack → kernel → epilogue; float inlined
+      ─▶ UnpackAtLoad    stored sub-byte weights unpacked by `prepare`, run once at load
       ─▶ Fuse            TVM's legalization and fusion: epilogues into the kernels
       ─▶ Schedule        tuned schedules from a MetaSchedule database, else tvmbits' defaults
       ─▶ PrepackWeights  the kernels' weight regrouping done once, on the constants
@@ -33,6 +34,7 @@ from tvmbits.passes.fold_flatten_transpose import FoldFlattenTranspose
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
+from tvmbits.passes.unpack_at_load import PREPARE, UnpackAtLoad
 from tvmbits.schedules import default_rules, register_intrinsics
 from tvmbits.schedules.byte_dot import byte_dot
 
@@ -62,9 +64,9 @@ def lowbit_phases(
 
 
 def kernel_phases(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """LowerLowBit, Fuse: from a planned module to its kernel PrimFuncs (what tuning tasks see).
-    LowerLowBit runs under `target`: for CUDA it emits the kernels' GEMM forms."""
-    return [_under(target, LowerLowBit), Fuse(target)]
+    """LowerLowBit, UnpackAtLoad, Fuse: from a planned module to its kernel PrimFuncs (what
+    tuning tasks see). LowerLowBit runs under `target`: for CUDA it emits the kernels' GEMM forms."""
+    return [_under(target, LowerLowBit), UnpackAtLoad, Fuse(target)]
 
 
 def build_phases(target: tvm.target.Target, database=None) -> list[tvm.transform.Pass]:
@@ -125,7 +127,7 @@ def Fuse(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM's 
                 relax.transform.FuseOps(),
                 relax.transform.FuseTIR(),
             ]
-            return tvm.transform.Sequential(passes)(mod)
+            return _sparing_prepare(tvm.transform.Sequential(passes), mod)
 
     return transform
 
@@ -158,17 +160,18 @@ def PrepackWeights(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N8
     schedules annotate for it, e.g. `[O, KH, KW, C]` into `[O/16, KH, KW, C, 16]`) becomes
     a function of its own (TVM's SplitLayoutRewritePreproc), which FoldConstant evaluates on the
     weight constant; the kernel then reads the regrouped constant. A weight that is not a
-    constant keeps its copy, as a call before the kernel's."""
+    constant keeps its copy, as a call before the kernel's. `PREPARE` is not folded: it unpacks
+    the stored weights at load time (`UnpackAtLoad`)."""
 
     @tvm.transform.module_pass(opt_level=0, name=PREFIX + "PrepackWeights")
     def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            return tvm.transform.Sequential([
+            mod = _sparing_prepare(tvm.transform.Sequential([
                 relax.transform.SplitLayoutRewritePreproc(),
                 relax.transform.FoldConstant(),
                 relax.transform.CanonicalizeBindings(),  # the kernel's binding, not an alias of it
-                relax.transform.DeadCodeElimination(),  # the copies FoldConstant ran
-            ])(mod)
+            ]), mod)
+            return relax.transform.DeadCodeElimination()(mod)  # the copies FoldConstant ran
 
     return transform
 
@@ -210,6 +213,23 @@ class DumpIR:
     def run_after_pass(self, mod, info):
         if info.name.startswith(PREFIX):
             self.dump(info.name[len(PREFIX):], mod)
+
+
+def _sparing_prepare(passes: tvm.transform.Pass, mod: tvm.IRModule) -> tvm.IRModule:
+    """`passes` run on every function of `mod` but `PREPARE`, which is left as it is, with the
+    PrimFuncs it calls (FuseTIR drops those no other function calls): its calls on constants
+    are meant to run at load time, and FoldConstant would run them now."""
+    prepare = next((gv for gv in mod.get_global_vars() if gv.name_hint == PREPARE), None)
+    out = passes(tvm.IRModule({gv: func for gv, func in mod.functions.items() if gv != prepare}, attrs=mod.attrs))
+    if prepare is None:
+        return out
+    out[prepare] = mod[prepare]
+    kept = {gv.name_hint for gv in out.get_global_vars()}
+    for binding in mod[prepare].body.blocks[0].bindings if mod[prepare].body.blocks else []:
+        callee = binding.value.args[0]
+        if callee.name_hint not in kept:
+            out[callee] = mod[callee]
+    return out
 
 
 def _under(target: tvm.target.Target, phase: tvm.transform.Pass) -> tvm.transform.Pass:
