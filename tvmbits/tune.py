@@ -102,12 +102,13 @@ def tune_model(
         for index, task in enumerate(tasks)
     ]
     builder = _builder(planned.profile)
-    if not cuda:
-        _measure_defaults(tasks, target, builder, runner, database, log)
-        writer.flush()
-    progress = _Progress([task.task_name for task in tasks], trials, log)
     with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir, _interruptible() as interrupted:
+        progress = _Progress([task.task_name for task in tasks], trials, log, interrupted)
         try:
+            if not cuda:
+                _measure_defaults(tasks, target, builder, runner, database, log)
+                writer.flush()
+            _stop_if(interrupted)
             ms.tune.tune_tasks(
                 tasks=contexts,
                 task_weights=[float(task.weight) for task in tasks],
@@ -122,6 +123,7 @@ def tune_model(
                 + [tuning_log.FlushToLog(writer), progress],
                 task_scheduler="gradient",
             )
+            _stop_if(interrupted)
         except Exception:
             if interrupted:  # MetaSchedule's C++ turns a KeyboardInterrupt into another error
                 raise KeyboardInterrupt from None
@@ -136,23 +138,33 @@ def tune_model(
 
 @contextlib.contextmanager
 def _interruptible():
-    """A list that becomes non-empty once SIGINT (Ctrl-C) arrives, which still raises
-    KeyboardInterrupt: MetaSchedule's C++ wraps it into a RuntimeError, which `tune_model`
-    turns back into KeyboardInterrupt (the CLI: "tvmbits: interrupted", exit 130)."""
+    """A list that becomes non-empty once SIGINT (Ctrl-C) arrives. The first SIGINT only says
+    so: raising KeyboardInterrupt wherever Python happens to run (inside MetaSchedule's C++
+    callbacks, some of which cannot pass an exception on) can abort the process. The tuning
+    stops at the next safe point (`_stop_if`: before the search, after each measured batch);
+    MetaSchedule's C++ wraps that KeyboardInterrupt into a RuntimeError, which `tune_model`
+    turns back into KeyboardInterrupt (the CLI: "tvmbits: interrupted", exit 130). A second
+    SIGINT raises at once."""
     seen: list = []
     if threading.current_thread() is not threading.main_thread():
         yield seen
         return
 
     def on_sigint(signum, frame):
+        if seen:
+            raise KeyboardInterrupt
         seen.append(signum)
-        raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield seen
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _stop_if(interrupted: list) -> None:
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _measure_defaults(tasks: list, target: tvm.target.Target, builder: ms.builder.Builder,
@@ -236,10 +248,12 @@ def _connect_board(config: ms.runner.RPCConfig) -> tvm_rpc.RPCSession:
 
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
-    """One line per measured batch: task, trials so far, that task's best time."""
+    """One line per measured batch: task, trials so far, that task's best time; then stops the
+    tuning if SIGINT has arrived (`_interruptible`)."""
 
-    def __init__(self, names: list[str], total: int, log: Callable[[str], None]):
+    def __init__(self, names: list[str], total: int, log: Callable[[str], None], interrupted: list):
         super().__init__()
+        self.interrupted = interrupted
         self.names = names
         self.total = total
         self.log = log
@@ -264,6 +278,7 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
             f"tune: {self.done}/{self.total} trials; task {task_id + 1}/{len(self.names)} "
             f"{self.names[task_id]}: best {shown}{failed}"
         )
+        _stop_if(self.interrupted)  # after the batch is logged (and flushed to the log before this)
 
 
 def _last_line(message: str) -> str:
