@@ -225,10 +225,10 @@ def _sparing_prepare(passes: tvm.transform.Pass, mod: tvm.IRModule) -> tvm.IRMod
         return out
     out[prepare] = mod[prepare]
     kept = {gv.name_hint for gv in out.get_global_vars()}
-    for binding in mod[prepare].body.blocks[0].bindings if mod[prepare].body.blocks else []:
-        callee = binding.value.args[0]
-        if callee.name_hint not in kept:
-            out[callee] = mod[callee]
+    for block in mod[prepare].body.blocks:
+        for callee in (binding.value.args[0] for binding in block.bindings):
+            if callee.name_hint not in kept:
+                out[callee] = mod[callee]
     return out
 
 
