@@ -169,7 +169,7 @@ def mca_table(folder: Path, bits_keys: list[str], log) -> list[str]:
              "÷ (weight bits × activation bits), dot-product loops 16 per SDOT, 8 per SMULL):", "",
              "The hot loop's instructions × its iterations per inference (layer MACs ÷ MACs per iteration) "
              "is what the loop executes per inference; the rest of the counted instructions go to "
-             "quantizing, packing and transposing the layer's input, unpacking weights, the epilogue "
+             "quantizing, packing and transposing the layer's input, the epilogue "
              "and the loop nest outside the hot loop.", "",
              "| kernel | build | loop instructions | MACs per iteration | hot loop M instructions per inference | "
              + " | ".join(f"{cpu} cycles (per 1k MACs)" for cpu, _ in MCA) + " |",
