@@ -81,19 +81,18 @@ def test_per_channel_scales_and_the_brevitas_domain(tmp_path):
     compile_and_compare(tmp_path, model, ties(0.3))
 
 
-@pytest.mark.parametrize("mode", ["FLOOR", "ROUND", "HALF_UP"])
-def test_trunc_v1_and_v2_equal_qonnx(tmp_path, mode):
+def test_trunc_v1_and_v2_equal_qonnx(tmp_path):
+    """Every rounding mode, as one output each of one model per Trunc version."""
     init = {"s": 0.125, "z": 0.0, "ib": 8.0, "os": 0.5, "ob": 4.0}
-    nodes = [
-        helper.make_node("Trunc", ["input", "s", "z", "ib", "os", "ob"], ["t2"], name="t2", domain=DOMAIN,
-                         rounding_mode=mode, signed=1, narrow=0),
-        helper.make_node("Trunc", ["input", "s", "z", "ib", "ob"], ["t1"], name="t1", domain=DOMAIN,
-                         rounding_mode=mode),
-    ]
+    modes = ["FLOOR", "ROUND", "HALF_UP"]
+    v2 = [helper.make_node("Trunc", ["input", "s", "z", "ib", "os", "ob"], [f"t2_{mode}"], name=f"t2_{mode}",
+                           domain=DOMAIN, rounding_mode=mode, signed=1, narrow=0) for mode in modes]
+    v1 = [helper.make_node("Trunc", ["input", "s", "z", "ib", "ob"], [f"t1_{mode}"], name=f"t1_{mode}",
+                           domain=DOMAIN, rounding_mode=mode) for mode in modes]
     # qonnx picks Trunc's version from the domain's opset import: one model per version
-    compile_and_compare(tmp_path, qonnx_model(nodes[:1], init, ["t2"], domain_version=2), ties(0.125) * 6)
+    compile_and_compare(tmp_path, qonnx_model(v2, init, [n.output[0] for n in v2], domain_version=2), ties(0.125) * 6)
     del init["os"]
-    compile_and_compare(tmp_path, qonnx_model(nodes[1:], init, ["t1"], domain_version=1), ties(0.125) * 6)
+    compile_and_compare(tmp_path, qonnx_model(v1, init, [n.output[0] for n in v1], domain_version=1), ties(0.125) * 6)
 
 
 @pytest.mark.parametrize(
