@@ -19,6 +19,7 @@ from boards import TVMBITS, Process, free_port, one_error_line, serve, tvmbits
 from compiled import run_local
 from onnx_models import sign_conv
 from tvmbits.artifact import open_artifact, write_artifact
+from tvmbits.runtime import _link_error
 from tvmbits.tuning_log import RECORDS
 
 
@@ -189,6 +190,14 @@ def test_board_killed_mid_run(model, folder):
     assert run.proc.returncode == 2 and "Traceback" not in run.text(), run.text()
     assert lines[-1].startswith(f"tvmbits: error: board 127.0.0.1:{port} failed while timing the model")
     assert "closed the connection" in lines[-1]
+
+
+@pytest.mark.parametrize("message", [
+    "RPCSessionTimeoutError: kShutdown",
+    "Socket SockChannel::Recv Error:Connection reset by peer",  # a board killed while the client waits on it
+])
+def test_a_dead_board_reads_as_a_closed_connection(message):
+    assert _link_error(RuntimeError(f"Traceback ...\n{message}")).startswith("the board closed the connection")
 
 
 def test_other_tvm_release_is_refused_before_upload(model, board, tmp_path):
