@@ -2,10 +2,11 @@
 
 `lib.so` is the exported Relax VM executable with its kernels, linked for the profile's device:
 `prepare()`, run once when it is loaded, returns the weights it unpacks, and `main` takes the
-model's inputs followed by them (`passes/unpack_at_load.py`). `metadata.json` (format 3) holds: tvmbits and TVM versions, the target profile name, its TVM
-target and the device's CPU architecture (`uname -m`), device kind, input and output names with
-shapes and dtypes, one record per conv/dense layer (kernel, bit widths, weight bytes before and
-after packing, why a layer stayed float), the sha256 of `lib.so` (`library_sha256`) and the
+model's inputs followed by them (`passes/unpack_at_load.py`). `metadata.json` (format 3)
+holds: tvmbits and TVM versions, the target profile name, its TVM target and the device's CPU
+architecture (`uname -m`), device kind, input and output names with shapes and dtypes, one
+record per conv/dense layer (kernel, bit widths, weight bytes before and after packing, why a
+layer stayed float), the sha256 of `lib.so` (`library_sha256`) and the
 sha256 of the metadata itself (`metadata_sha256`: of its canonical JSON, sorted keys, without
 that key). `open_artifact` checks both checksums and the metadata's schema, and refuses links
 and any member that is not one of the two regular files, before anything loads the library.

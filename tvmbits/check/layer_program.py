@@ -5,8 +5,9 @@ The layer is rebuilt alone in a Relax module, `main(x) = conv2d(x, W)` (NHWC/OHW
 own passes (a layer function carrying the plan, then `pipeline.build_phases`: LowerLowBit,
 UnpackAtLoad, Fuse, Schedule): binarize or quantize, the packing op, and the kernel with its
 fused epilogue (activation zero-point correction, the float32 scale). What `prepare` (the
-weights' unpacking) and then `main` call is a straight list of PrimFuncs; they are built for the profile as one library and the
-list becomes a `Program`, which `emulator.run` executes on the emulated CPU.
+weights' unpacking) and then `main` call is a straight list of PrimFuncs; they are built for
+the profile as one library and the list becomes a `Program`, which `emulator.run` executes on
+the emulated CPU.
 
 The seeded input holds values of the layer's activation encoding, v · act_scale in float32 for
 v − act_zero_point (so quantize gives v back exactly); the reference is

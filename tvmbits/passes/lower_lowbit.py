@@ -36,6 +36,7 @@ from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, window_offset
 from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
 from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, bitserial_dense_gemm, weight_sums
 from tvmbits.ops.bitserial_term import has_offset
+from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.quantize import binarize, quantize
 from tvmbits.ops.subbyte import UNPACK, bias, pack_subbyte_weight, per_byte, subbyte_pack, weight_offset, weight_values
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
@@ -101,7 +102,7 @@ class _Rewriter(PyExprMutator):
         else:
             packed = self.builder_.emit_te(partial(subbyte_pack, act=plan.act), codes, primfunc_name_hint="subbyte_pack")
             values = plan.weight_values
-            inputs = [packed, self._subbyte_weight(plan)]
+            inputs = [packed, self._subbyte_weight(values, plan.wgt)]
             kernel = subbyte_conv2d_nhwc if layer.op == "conv2d" else subbyte_dense
             sizes = (channels, layer.weight.shape[0])
             if bias(plan.act):
@@ -128,14 +129,15 @@ class _Rewriter(PyExprMutator):
             return out
         return relax.op.multiply(self.builder_.emit(out), relax.const(scale))
 
-    def _subbyte_weight(self, plan: LayerPlan) -> relax.Expr:
-        """The blocked weight bytes the sub-byte kernel reads: the constant itself for 5–8-bit
-        weights; for fewer bits, the packed constant unpacked by its own call (`UNPACK`,
-        opaque so that FuseOps keeps it out of the kernel, for UnpackAtLoad to move to load)."""
-        stored = relax.const(pack_subbyte_weight(plan.weight_values, plan.wgt))
-        if per_byte(plan.wgt) == 1:
+    def _subbyte_weight(self, values: np.ndarray, wgt: Encoding) -> relax.Expr:
+        """The blocked weight bytes the sub-byte kernel reads for the integer weight `values`:
+        the constant itself for 5–8-bit weights; for fewer bits, the packed constant unpacked by
+        its own call (`UNPACK`, opaque so that FuseOps keeps it out of the kernel, for
+        UnpackAtLoad to move to load)."""
+        stored = relax.const(pack_subbyte_weight(values, wgt))
+        if per_byte(wgt) == 1:
             return stored
-        return self.builder_.emit_te(partial(weight_values, wgt=plan.wgt), stored,
+        return self.builder_.emit_te(partial(weight_values, wgt=wgt), stored,
                                      primfunc_name_hint=UNPACK, primfunc_attrs=UNPACKING)
 
     @staticmethod
