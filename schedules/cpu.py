@@ -40,6 +40,14 @@ after it. Output channels are split into vectors of `LANES`:
   `bitserial_border`, which reverse_compute_inline refuses) is tiled itself, and the kernel
   and its write-back, into a tile-sized local buffer, are computed at each of its tiles; any
   other epilogue that cannot be inlined stays a parallel loop nest of its own;
+- the packing of the kernel's result for the next low-bit layer, where `FusePacking` put it into
+  the function: each parallel tile of the kernel also packs the pixels it wrote, while they are
+  in cache (the packing's loops tiled the same way and merged into the tiles' loop, the binarize
+  or quantize inlined into it), when a tile's channels are whole words of a result whose
+  channels fill its words (bitpack: 32 channels; subbyte_pack: 4); otherwise the packing runs
+  after the kernel as the packing-only functions below do. `tvmbits tune` then keeps the
+  default number of channel vectors in a tile (the packing's tiling follows the sampled rows
+  and columns);
 - producers (padding, packing, unpacking sub-byte weights, tables of the weights) stay whole,
   each a parallel loop nest with a plain innermost loop for LLVM to vectorise (a reduction
   whose innermost output axis is channels, e.g. the weights' popcounts, is vectorised along
@@ -56,12 +64,15 @@ its outer loops in parallel.
 `benchmarks/layers.py` measures what these schedules reach against ONNX Runtime.
 """
 
+from typing import Callable, NamedTuple
+
 import numpy as np
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
+from tvmbits.ops.bitpack import WORD_BITS
 from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT, WEIGHT_MAX
 from tvmbits.schedules import arm_dot, vnni
 from tvmbits.schedules.arm_dot import ARM_INTRINSICS, SDOT_16x4, SDOT_16x16, arm_intrinsic, arm_tile_budget
@@ -246,23 +257,32 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
         elif not _reduce_in_lanes(sch, producer):
             _parallelize(sch, producer, keep_inner=True)
     write_back = sch.cache_write(kernel, 0, "local")
+    tail = blocks[index + 1 :]
+    packing = [block for block in tail if sch.get(block).name_hint in PACKS]
     stranded = []
-    for epilogue in blocks[index + 1 :]:
+    for epilogue in tail:
+        if sch.get(epilogue).name_hint in PACKS:
+            continue
         try:
             sch.reverse_compute_inline(epilogue)
         except s_tir.ScheduleError:
             stranded.append(epilogue)
+    codes, stranded = _codes_of_packing(sch, stranded, packing)
     dot = name.startswith("subbyte")
     tensorize = dot and int(out_channel.dom.extent) % BLOCK == 0 and _dot_intrinsic(sch, kernel, target)
     if "conv2d" in name and stranded and not dot and _reads_write_back(sch, stranded[0], write_back):
-        _tile_conv_at_epilogue(sch, kernel, write_back, stranded[0], lanes, accumulator_vectors(target), tunable)
+        tile = _tile_conv_at_epilogue(sch, kernel, write_back, stranded[0], lanes, accumulator_vectors(target),
+                                      tunable, bool(packing))
         for epilogue in stranded[1:]:
             _parallelize(sch, epilogue)
+        _run_tiles(sch, tile, codes, packing, alone=len(stranded) == 1)
         return
     for epilogue in stranded:
         _parallelize(sch, epilogue)
     if "conv2d" in name:
-        _tile_conv(sch, kernel, write_back, lanes, accumulator_vectors(target), tunable, dot, tensorize)
+        tile = _tile_conv(sch, kernel, write_back, lanes, accumulator_vectors(target), tunable, dot, tensorize,
+                          bool(packing))
+        _run_tiles(sch, tile, codes, packing, alone=not stranded)
         return
     loops = sch.get_loops(kernel)
     *outer, channel = loops[:spatial]
@@ -274,10 +294,92 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     inner = _split_dot(sch, reduction) if dot else []
     sch.reorder(group, *reduction, vector, *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(*outer, group)
-    sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
-    _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
-    sch.unroll(vector)
+
+    def finish():
+        _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
+        sch.unroll(vector)
+
+    tiles = Tiles(parallel, list(range(spatial)), [1] * (spatial - 1) + [tile * lanes],
+                  _output_shape(sch, kernel), finish)
+    _run_tiles(sch, tiles, codes, packing, alone=not stranded)
+
+
+def _output_shape(sch: s_tir.Schedule, kernel) -> list[int]:
+    return [int(d) for d in sch.get(kernel).writes[0].source.shape]
+
+
+def _codes_of_packing(sch: s_tir.Schedule, stranded: list, packing: list) -> tuple[list, list]:
+    """Split the stranded epilogues into those that only make the packing's codes (binarize or
+    quantize of a result the function also returns) and the others, each in order."""
+    codes, others = [], []
+    for block in stranded:
+        consumers = {sch.get(c).name_hint for c in sch.get_consumers(block)}
+        (codes if packing and consumers and consumers <= set(PACKS) else others).append(block)
+    return codes, others
+
+
+class Tiles(NamedTuple):
+    """The kernel's tiles of output: `loop` runs over them (not yet parallel), fusing the tile
+    index along each output axis in `order` (axes numbered as the output's, channels last);
+    `sizes`, per output axis, the extent of a tile along it; `finish` completes the kernel's
+    schedule inside a tile (decomposing its reduction, vectorising, unrolling), once the loop
+    is parallel (TVM checks, when a loop is made parallel, that the reductions under it are
+    whole)."""
+
+    loop: s_tir.schedule.LoopRV
+    order: list[int]
+    sizes: list
+    extents: list[int]  # the kernel's output shape
+    finish: Callable[[], None]
+
+
+def _packs_kernel_output(sch: s_tir.Schedule, packing: list, unit: int, extents: list[int], channels: int) -> bool:
+    """Whether the packing reads a tensor shaped as the kernel's output (not, e.g., flattened
+    for a dense layer) whose channels fill whole words, and whose words tiles of `channels`
+    channels divide."""
+    codes = [int(d) for d in sch.get(packing[0]).reads[0].source.shape]
+    return codes == list(extents) and codes[-1] % unit == 0 and codes[-1] % channels == 0
+
+
+def _run_tiles(sch: s_tir.Schedule, tiles: Tiles, codes: list, packing: list, alone: bool) -> None:
+    """Run the kernel's tiles in parallel. With `packing` (`FusePacking` put the packing of the
+    kernel's result into the function; `codes`: the stranded binarize or quantize blocks it
+    reads), each tile also packs what it wrote, while that is in cache, when its channels hold
+    whole words of a result whose channels fill its words (bitpack: WORD_BITS channels a word;
+    subbyte_pack: DOT) and the tiles write all it reads (`alone`: no epilogue left as loop nests
+    of its own, which TVM's loop merge would move before the kernel): the packing's loops are
+    tiled the same way and merged into the tiles' loop. Otherwise the packing runs as loop nests
+    of its own after the kernel (`_schedule_packing`)."""
+    names = [sch.get(block).name_hint for block in packing]
+    unit = DOT if "subbyte_pack" in names else WORD_BITS
+    channels = tiles.sizes[-1]
+    if (not packing or not alone or channels % unit
+            or not _packs_kernel_output(sch, packing, unit, tiles.extents, channels)):
+        sch.parallel(tiles.loop)
+        tiles.finish()
+        if packing:
+            _schedule_packing(sch, codes + packing, len(codes))
+        return
+    for block in codes:
+        sch.compute_inline(block)
+    if "subbyte_pack" in names:
+        pack = packing[0]
+        *spatial, channel = sch.get_loops(pack)
+        planes, words = [], channel
+    else:  # bitpack: each word's partial words computed at it, one vector step
+        lanes, pack = packing[names.index("bitpack_lanes")], packing[names.index("bitpack")]
+        sch.compute_at(lanes, sch.get_loops(pack)[-1])
+        sch.vectorize(sch.get_loops(lanes)[-1])
+        *spatial, plane, words = sch.get_loops(pack)
+        planes, channels = [plane], channels // unit
+    outer, inner = zip(*(sch.split(loop, factors=[None, size])
+                         for loop, size in zip([*spatial, words], [*tiles.sizes[:-1], channels])))
+    sch.reorder(*(outer[axis] for axis in tiles.order), *inner[:-1], *planes, inner[-1])
+    sch.parallel(sch.merge(tiles.loop, sch.fuse(*(outer[axis] for axis in tiles.order))))
+    tiles.finish()
+    if not planes:
+        sch.vectorize(sch.split(inner[-1], factors=[None, LANES])[1])
 
 
 def _vectorize_table(sch: s_tir.Schedule, block) -> None:
@@ -346,17 +448,17 @@ def _dot_intrinsic(sch: s_tir.Schedule, kernel, target: Target) -> str | None:
 
 
 def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int, tunable: bool, dot: bool,
-               tensorize: bool) -> None:
+               tensorize: bool, fixed_groups: bool) -> "Tiles":
     """Register tile of ROWS × PIXELS × GROUPS vectors of `lanes` accumulators, at most `budget`
-    vectors (see the module docstring)."""
+    vectors (see the module docstring); the tiles, for `_run_tiles` to run in parallel."""
     n, y, x, channel, *reduction = sch.get_loops(kernel)
     if tensorize == SDOT_16x4 and int(sch.get(reduction[-1]).extent) % (4 * DOT) == 0:
         tensorize = SDOT_16x16  # 16 input channels a step: one activation load feeds 4 SDOTs by element
     arm = tensorize in ARM_INTRINSICS  # each weight vector is 4 registers: reuse it across pixels
     if arm:
         budget = arm_tile_budget(tensorize)
-    outer, group, lane, y_outer, row, x_outer, pixel = _split_tile(
-        sch, channel, y, x, lanes, budget, tunable, prefer_groups=not arm
+    outer, group, lane, y_outer, row, x_outer, pixel, sizes = _split_tile(
+        sch, channel, y, x, lanes, budget, tunable, prefer_groups=not arm, fixed_groups=fixed_groups
     )
     inner = _split_dot(sch, reduction) if dot else []
     steps = []  # SDOT_16x16: the 4 DOT steps of 16 input channels
@@ -367,24 +469,28 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *steps,
                 *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(outer, n, y_outer, x_outer)
-    sch.parallel(parallel)
     sch.reverse_compute_at(write_back, parallel)
-    _finish(sch, kernel, reduction, steps[0] if steps else lane, inner, tensorize, tunable)
-    for loop in (row, pixel, group):
-        sch.unroll(loop)
+
+    def finish():
+        _finish(sch, kernel, reduction, steps[0] if steps else lane, inner, tensorize, tunable)
+        for loop in (row, pixel, group):
+            sch.unroll(loop)
+
+    return Tiles(parallel, [3, 0, 1, 2], sizes, _output_shape(sch, kernel), finish)
 
 
 def _tile_conv_at_epilogue(sch: s_tir.Schedule, kernel, write_back, epilogue, lanes: int, budget: int,
-                           tunable: bool) -> None:
+                           tunable: bool, fixed_groups: bool) -> "Tiles":
     """`_tile_conv` for a kernel whose epilogue reads a table the function computes (the
     bit-serial `bitserial_border`), which reverse_compute_inline refuses: the epilogue's own
     loops are tiled and run in parallel, and the kernel (the same register tile) and its
-    write-back, into a tile-sized local buffer, are computed at each of its tiles."""
+    write-back, into a tile-sized local buffer, are computed at each of its tiles. The tiles,
+    for `_run_tiles` to run in parallel."""
     n, y, x, channel = sch.get_loops(epilogue)
-    outer, group, lane, y_outer, row, x_outer, pixel = _split_tile(sch, channel, y, x, lanes, budget, tunable)
+    outer, group, lane, y_outer, row, x_outer, pixel, sizes = _split_tile(
+        sch, channel, y, x, lanes, budget, tunable, fixed_groups=fixed_groups)
     sch.reorder(outer, n, y_outer, x_outer, row, pixel, group, lane)
     parallel = sch.fuse(outer, n, y_outer, x_outer)
-    sch.parallel(parallel)
     sch.vectorize(lane)
     sch.compute_at(write_back, parallel, preserve_unit_loops=True)
     sch.compute_at(kernel, parallel, preserve_unit_loops=True)
@@ -392,28 +498,37 @@ def _tile_conv_at_epilogue(sch: s_tir.Schedule, kernel, write_back, epilogue, la
     _, n, y, x, channel, *reduction = sch.get_loops(kernel)
     group, lane = sch.split(channel, factors=[None, lanes])
     sch.reorder(*reduction, n, y, x, group, lane)
-    _finish(sch, kernel, reduction, lane, [], False, tunable)
-    for loop in (n, y, x, group):
-        sch.unroll(loop)
+
+    def finish():
+        _finish(sch, kernel, reduction, lane, [], False, tunable)
+        for loop in (n, y, x, group):
+            sch.unroll(loop)
+
+    return Tiles(parallel, [3, 0, 1, 2], sizes, _output_shape(sch, kernel), finish)
 
 
 def _split_tile(sch: s_tir.Schedule, channel, y, x, lanes: int, budget: int, tunable: bool,
-                prefer_groups: bool = True) -> tuple:
+                prefer_groups: bool = True, fixed_groups: bool = False) -> tuple:
     """Split the output channel, row and column loops into the register tile (its sizes
-    `_register_tile`'s, or sampled around them with `tunable`): (channel blocks, groups, lanes,
-    row blocks, rows, column blocks, columns)."""
+    `_register_tile`'s, or sampled around them with `tunable`, but for the channel vectors with
+    `fixed_groups`): (channel blocks, groups, lanes, row blocks, rows, column blocks, columns),
+    then the tile's sizes along the output (1, rows, columns, channels), rows and columns as
+    split factors (sampled ones too: a schedule that splits other loops by them follows the
+    tuner's choices)."""
     vectors, lane = sch.split(channel, factors=[None, lanes])
     extents = [int(sch.get(loop).extent) for loop in (vectors, y, x)]
     groups, rows, pixels = _register_tile(*extents, budget, prefer_groups=prefer_groups)
     if tunable:  # around the default: up to GROUPS vectors, its rows or one, up to 4 columns
-        groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))[1]
+        if not fixed_groups:
+            groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))[1]
         columns = min(MAX_PIXELS // rows, TUNED_COLUMNS, budget)
         pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=columns)[1]
         rows = sch.sample_categorical([1, rows], [0.5, 0.5]) if rows > 1 else 1
     outer, group = sch.split(vectors, factors=[None, groups])
     y_outer, row = sch.split(y, factors=[None, rows])
     x_outer, pixel = sch.split(x, factors=[None, pixels])
-    return outer, group, lane, y_outer, row, x_outer, pixel
+    sizes = [1, rows, pixels, int(sch.get(group).extent) * lanes]
+    return outer, group, lane, y_outer, row, x_outer, pixel, sizes
 
 
 def _register_tile(vectors: int, height: int, width: int, budget: int, prefer_groups: bool = True

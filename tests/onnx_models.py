@@ -65,6 +65,44 @@ def tiny_bnn(seed=0, channels=(5, 8, 12), size=9, strides=(1, 2), pads=(1, 0), s
     return make_model(nodes, [("input", [batch, 3, size, size])], [("logits", [batch, classes])], init)
 
 
+def residual_bnn(seed=0, channels=64, size=8):
+    """Float stem conv (3 → `channels`) → Sign → ±s conv → Mul/Add → Add(stem output) = r0 → Sign →
+    ±s conv stride 2 → Mul/Add → Sign → ±s conv pad 0 → Mul: three binarized layers, a residual
+    add between the first two; r0 is also an output (read beside the next layer's Sign), the
+    second layer's result only by the third's Sign. Exact on a `dyadic_input` as in
+    `tiny_bnn`: the stem's results are odd multiples of 2^-9, each layer's Mul/Add odd multiples
+    of 2^-6, so no Sign input is 0 and float32 rounds nowhere."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    init = {
+        "stem_w": (rng.integers(-4, 5, (c, 3, 3, 3)) / 8).astype(np.float32),
+        "stem_b": ((2 * rng.integers(-64, 64, c) + 1) / 512).astype(np.float32),
+        "w2": bipolar(rng, (c, c, 3, 3), True),
+    }
+    nodes = [helper.make_node("Conv", ["input", "stem_w", "stem_b"], ["h0"], pads=[1, 1, 1, 1], name="stem")]
+    for i, stride in ((0, 1), (1, 2)):
+        init[f"w{i}"] = bipolar(rng, (c, c, 3, 3), True)
+        init[f"a{i}"] = (rng.integers(1, 5, (1, c, 1, 1)) / 4).astype(np.float32)
+        init[f"b{i}"] = ((2 * rng.integers(-32, 32, (1, c, 1, 1)) + 1) / 64).astype(np.float32)
+        nodes += [
+            helper.make_node("Sign", [f"h{i}" if i == 0 else "r0"], [f"s{i}"]),
+            helper.make_node("Conv", [f"s{i}", f"w{i}"], [f"c{i}"], strides=[stride] * 2, pads=[1] * 4,
+                             name=f"bconv{i}"),
+            helper.make_node("Mul", [f"c{i}", f"a{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"h{i + 1}"]),
+        ]
+        if i == 0:
+            nodes.append(helper.make_node("Add", ["h1", "h0"], ["r0"]))
+    nodes += [
+        helper.make_node("Sign", ["h2"], ["s2"]),
+        helper.make_node("Conv", ["s2", "w2"], ["c2"], name="bconv2"),
+        helper.make_node("Mul", ["c2", "a0"], ["output"]),
+    ]
+    out = (size + 1) // 2 - 2
+    outputs = [("output", [1, c, out, out]), ("r0", [1, c, size, size])]
+    return make_model(nodes, [("input", [1, 3, size, size])], outputs, init)
+
+
 def sign_conv(seed=0, channels=(8, 16), size=6):
     """Sign → ±1 3×3 conv: one binarized layer, the one kernel `tvmbits tune` finds in it."""
     rng = np.random.default_rng(seed)

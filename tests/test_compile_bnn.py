@@ -14,9 +14,13 @@ from tvmbits.ops import reference
 from tvmbits.compiler import CompileOptions
 
 
-def onnxruntime(model, x):
+def onnxruntime_outputs(model, x) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x})[0]
+    return session.run(None, {"input": x})
+
+
+def onnxruntime(model, x):
+    return onnxruntime_outputs(model, x)[0]
 
 
 CASES = [

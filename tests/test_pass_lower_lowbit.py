@@ -10,6 +10,7 @@ from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.quantize import binarize
+from tvmbits.passes.fuse_packing import KERNEL, PACKING
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
 
@@ -22,11 +23,12 @@ def expected() -> tvm.IRModule:
     with builder.function("main", [x]):
         with builder.dataflow():
             codes = builder.emit_te(binarize, x, primfunc_name_hint="binarize")
-            packed = builder.emit_te(bitpack, codes, 1, primfunc_name_hint="bitpack")
+            packed = builder.emit_te(bitpack, codes, 1, primfunc_name_hint="bitpack", primfunc_attrs={PACKING: True})
             weight = relax.const(pack_bits(BIPOLAR.encode(np.where(W_BINARY >= 0, 1, -1)), 1))
             acc = builder.emit_te(
                 lambda d, w: bitserial_conv2d_nhwc(d, w, 2, BIPOLAR, BIPOLAR, (1, 1), (1, 1, 1, 1)),
-                packed, weight, primfunc_name_hint="bitserial_conv2d", primfunc_attrs={"op_pattern": 4},
+                packed, weight, primfunc_name_hint="bitserial_conv2d",
+                primfunc_attrs={"op_pattern": 4, KERNEL: True},
             )
             acc = builder.emit(relax.op.astype(acc, "float32"))
             scale = np.abs(W_BINARY.reshape(4, -1)).max(axis=1).astype(np.float32)

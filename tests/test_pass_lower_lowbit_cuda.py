@@ -14,6 +14,7 @@ from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, weight_sums
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.quantize import binarize
 from tvmbits.ops.window import Window
+from tvmbits.passes.fuse_packing import KERNEL, PACKING
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
 
@@ -29,7 +30,7 @@ def expected() -> tvm.IRModule:
     with builder.function("main", [x]):
         with builder.dataflow():
             codes = builder.emit_te(binarize, x, primfunc_name_hint="binarize")
-            packed = builder.emit_te(bitpack, codes, 1, primfunc_name_hint="bitpack")
+            packed = builder.emit_te(bitpack, codes, 1, primfunc_name_hint="bitpack", primfunc_attrs={PACKING: True})
             weight = relax.const(pack_bits(BIPOLAR.encode(np.where(W_BINARY >= 0, 1, -1)), 1))
             offset = builder.emit_te(lambda d: window_offset(d, 2, BIPOLAR, BIPOLAR, (3, 3), *CONV), packed,
                                      primfunc_name_hint="bitserial_offset")
@@ -38,7 +39,8 @@ def expected() -> tvm.IRModule:
                                     primfunc_name_hint="bitserial_weight_term")
             acc = builder.emit_te(
                 lambda d, w, o, t: bitserial_conv2d_gemm(d, w, 2, BIPOLAR, BIPOLAR, *CONV, offset=o, weight_term=t),
-                packed, weight, offset, table, primfunc_name_hint="bitserial_conv2d", primfunc_attrs={"op_pattern": 4},
+                packed, weight, offset, table, primfunc_name_hint="bitserial_conv2d",
+                primfunc_attrs={"op_pattern": 4, KERNEL: True},
             )
             acc = builder.emit(relax.op.astype(acc, "float32"))
             scale = np.abs(W_BINARY.reshape(4, -1)).max(axis=1).astype(np.float32)

@@ -20,7 +20,9 @@ Under a CUDA target (run the pass inside `with target:`) the kernels are their G
 The unpacking PrimFunc is opaque (op_pattern 8): FuseOps leaves its call alone, and
 `UnpackAtLoad` moves it to the function the runtime calls once, when it loads the model.
 The kernel PrimFuncs carry op_pattern 4 (out-elementwise-fusable), so TVM's FuseOps later
-fuses this epilogue, and any bias, batch norm or residual add after it, into the kernel.
+fuses this epilogue, and any bias, batch norm or residual add after it, into the kernel. They
+are marked `KERNEL`, and the packing PrimFuncs (`bitpack`, `subbyte_pack`) `PACKING`, for
+`FusePacking` to merge a layer's packing into the kernel function whose result it packs.
 """
 
 from functools import partial
@@ -43,11 +45,13 @@ from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.ops.subbyte_gemm import subbyte_conv2d_gemm, subbyte_dense_gemm
 from tvmbits.ops.window import Window
+from tvmbits.passes.fuse_packing import KERNEL, PACKING
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.layers import is_layer_function
 from tvmbits.passes.unpack_at_load import UNPACK_AT_LOAD
 
-OUT_EWISE_FUSABLE = {"op_pattern": 4}
+KERNEL_ATTRS = {"op_pattern": 4, KERNEL: True}  # out-elementwise-fusable
+PACKING_ATTRS = {PACKING: True}
 UNPACKING = {"op_pattern": 8, UNPACK_AT_LOAD: True}  # opaque: FuseOps leaves it alone
 LOWBIT_KERNELS = ("bitserial", "subbyte")
 # Under a CUDA target (the current `tvm.target.Target`), the same kernels in GEMM form: the
@@ -90,7 +94,8 @@ class _Rewriter(PyExprMutator):
         name = f"{plan.kernel}_{layer.op}"
         conv_args = (layer.attrs["strides"], layer.attrs["padding"]) if layer.op == "conv2d" else ()
         if plan.kernel == "bitserial":
-            packed = self.builder_.emit_te(bitpack, codes, plan.act.bits, primfunc_name_hint="bitpack")
+            packed = self.builder_.emit_te(bitpack, codes, plan.act.bits, primfunc_name_hint="bitpack",
+                                           primfunc_attrs=PACKING_ATTRS)
             values = plan.weight_values
             inputs = [packed, relax.const(pack_bits(plan.wgt.encode(values), plan.wgt.bits))]
             kernel = bitserial_conv2d_nhwc if layer.op == "conv2d" else bitserial_dense
@@ -100,7 +105,8 @@ class _Rewriter(PyExprMutator):
                 inputs.append(self.builder_.emit_te(self._offset(plan, channels, conv_args), packed,
                                                     primfunc_name_hint="bitserial_offset"))
         else:
-            packed = self.builder_.emit_te(partial(subbyte_pack, act=plan.act), codes, primfunc_name_hint="subbyte_pack")
+            packed = self.builder_.emit_te(partial(subbyte_pack, act=plan.act), codes,
+                                           primfunc_name_hint="subbyte_pack", primfunc_attrs=PACKING_ATTRS)
             values = plan.weight_values
             inputs = [packed, self._subbyte_weight(values, plan.wgt)]
             kernel = subbyte_conv2d_nhwc if layer.op == "conv2d" else subbyte_dense
@@ -119,7 +125,7 @@ class _Rewriter(PyExprMutator):
                                                **dict(zip(keys, rest))),
             *inputs,
             primfunc_name_hint=name,
-            primfunc_attrs=OUT_EWISE_FUSABLE,
+            primfunc_attrs=KERNEL_ATTRS,
         )
         if plan.act_zero_point:
             acc = self.builder_.emit(relax.op.subtract(acc, relax.const(_zero_point_correction(plan))))

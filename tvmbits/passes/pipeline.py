@@ -8,7 +8,9 @@
       ─▶ Calibrate       activation ranges for post-training layers (only when some need them)
       ─▶ LowerLowBit     low-bit layers into quantize → pack → kernel → epilogue; float inlined
       ─▶ UnpackAtLoad    stored sub-byte weights unpacked by `prepare`, run once at load
-      ─▶ Fuse            TVM's legalization and fusion: epilogues into the kernels
+      ─▶ Fuse            TVM's legalization and fusion: epilogues into the kernels, and
+                         (FusePacking, CPU targets) the packing of a kernel's result for the
+                         next low-bit layer into the kernel's function
       ─▶ Schedule        tuned schedules from a MetaSchedule database, else tvmbits' defaults
       ─▶ PrepackWeights  the kernels' weight regrouping done once, on the constants
       ─▶ tvm.compile with `lower_pipeline` (TVM's own lowering to the Relax VM)
@@ -31,6 +33,7 @@ from tvmbits.frontend.facts import LayerFacts
 from tvmbits.passes.annotate_layers import AnnotateLayers
 from tvmbits.passes.calibrate import Calibrate
 from tvmbits.passes.fold_flatten_transpose import FoldFlattenTranspose
+from tvmbits.passes.fuse_packing import FusePacking
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
@@ -115,7 +118,9 @@ def ToNHWC(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM'
 
 def Fuse(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM's pass naming)
     """Legalize and fuse: epilogues go into the op_pattern-4 kernels, one PrimFunc per kernel
-    (the functions that tuning tasks and schedules see)."""
+    (the functions that tuning tasks and schedules see); on CPU targets a kernel's function also
+    packs its result for the next low-bit layer (`FusePacking`, between FuseOps and FuseTIR),
+    which `schedules/cpu.py` does tile by tile (the CUDA schedules keep packing separate)."""
 
     @tvm.transform.module_pass(opt_level=0, name=PREFIX + "Fuse")
     def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -125,6 +130,7 @@ def Fuse(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802 (TVM's 
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),
+                *([] if target.kind.name == "cuda" else [FusePacking]),
                 relax.transform.FuseTIR(),
             ]
             return _sparing_prepare(tvm.transform.Sequential(passes), mod)

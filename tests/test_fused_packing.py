@@ -1,0 +1,29 @@
+"""Each binarized layer's result is packed for the next layer inside the layer's own kernel
+(`FusePacking`, `schedules/cpu.py`): on odd and whole-word channel counts, stride 2, bipolar
+data padded by the conv, a residual add between two binarized layers, and a result also read
+as float (a graph output), the compiled model still equals ONNX Runtime exactly, and only the
+first binarized layer's input (the float stem's result) is packed by a function of its own."""
+
+import numpy as np
+import onnx
+import pytest
+
+import tvmbits
+from onnx_models import dyadic_input, residual_bnn
+from test_compile_bnn import onnxruntime_outputs
+
+
+@pytest.mark.parametrize("channels, kernel", [(64, "auto"), (60, "auto"), (40, "auto"), (64, "subbyte")],
+                         ids=["whole-words", "60", "40", "subbyte"])
+def test_fused_chains_equal_onnxruntime(channels, kernel):
+    model = residual_bnn(channels=channels, size=9)
+    onnx.checker.check_model(model)
+    compiled = tvmbits.load(tvmbits.compile(model, "x86_64", kernel=kernel, use_tuning=False))
+    x = dyadic_input([1, 3, 9, 9], seed=2)
+    got = compiled(input=x)
+    for name, want in zip(["output", "r0"], onnxruntime_outputs(model, x)):
+        np.testing.assert_array_equal(got[name], want)
+    names = [row["name"] for row in compiled.profile({"input": x}, runs=1)]
+    packing = [name for name in names if "bitpack" in name or "subbyte_pack" in name]
+    merged = [name for name in packing if "conv2d" in name]
+    assert len(packing) == 3 and len(merged) == 2, names  # the stem's result packed on its own
