@@ -53,3 +53,22 @@ def test_a_target_registers_its_own_family(target, families):
         "else profile.load(target).tvm_target())"
     )
     assert registered_after(setup) == families
+
+
+def test_tuning_skips_the_intrinsics_tvm_ships():
+    """MetaSchedule's TuneContext imports `tvm.s_tir.tensor_intrin`, whose __init__ parses every
+    intrinsic TVM ships (25-40 s of each tune run): `tvmbits tune` enters the package without it,
+    and a submodule still imports (and registers its intrinsics) when asked for."""
+    code = """
+import sys
+from tvm.s_tir import TensorIntrin
+from tvmbits import tune
+tune._without_tvm_intrinsics()
+import tvm.s_tir.tensor_intrin
+print(sorted(m.rsplit(".", 1)[-1] for m in sys.modules if m.startswith("tvm.s_tir.tensor_intrin.")))
+import tvm.s_tir.tensor_intrin.x86
+print(TensorIntrin.get("dot_16x4_vnni", allow_missing=True) is not None)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["[]", "True"]

@@ -13,10 +13,12 @@ records every task's default schedule, which a compile then weighs against the t
 
 import contextlib
 import functools
+import importlib.util
 import os
 import signal
-import threading
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -84,6 +86,7 @@ def tune_model(
     database = writer.database
     tuning_log.write_tuned_on(Path(log_dir), planned.profile.name)
     log(f"tuning {len(tasks)} kernels with {trials} trials in all; log: {log_dir}")
+    _without_tvm_intrinsics()
     contexts = [
         ms.TuneContext(
             mod=task.dispatched[0],
@@ -198,6 +201,22 @@ def _measure_defaults(tasks: list, target: tvm.target.Target, builder: ms.builde
 def _mean_seconds(run_secs) -> float:
     """A measurement's time as MetaSchedule ranks records by it: the mean of its repeats."""
     return sum(float(s) for s in run_secs) / len(run_secs)
+
+
+def _without_tvm_intrinsics() -> None:
+    """Let MetaSchedule's TuneContext import `tvm.s_tir.tensor_intrin` without running that
+    package's __init__, which parses every tensor intrinsic TVM ships (CUDA, x86, Arm, ROCm,
+    Hexagon, RISC-V TVMScript: 25-40 s at the start of every tune run on this project's machine)
+    so that MetaSchedule's built-in schedule rules and postprocessors find them. The design spaces
+    here use neither (`sch_rules=[]`, `postprocs=[]`); the kernels tensorize into tvmbits' own
+    intrinsics (`register_intrinsics`). The package is entered with its path, so any of its
+    submodules still imports, and registers its intrinsics, when something asks for it."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    package = importlib.util.module_from_spec(importlib.util.find_spec(name))  # its __init__ not run
+    sys.modules[name] = package
+    tvm.s_tir.tensor_intrin = package
 
 
 def _design_space(sch: tvm.s_tir.Schedule, target: tvm.target.Target) -> None:
