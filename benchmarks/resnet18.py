@@ -36,8 +36,8 @@ from bireal_resnet18 import build_model, make_input  # noqa: E402
 WIDTHS = (64, 128, 256, 512)
 # where the time of a compiled model goes, from its kernels' names (first match wins)
 PHASES = [
-    ("low-bit kernels (epilogues fused in)", ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense")),
-    ("packing (binarize/quantize, bit or byte packing, window sums)", ("bitpack", "subbyte_pack", "bitserial_offset")),
+    ("low-bit kernels (epilogues and the next layer's packing fused in)", ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense")),
+    ("packing on its own (binarize/quantize, bit or byte packing, window sums)", ("bitpack", "subbyte_pack", "bitserial_offset")),
     ("layout (transposes)", ("transpose",)),
     ("float layers and elementwise ops", ("",)),
 ]
