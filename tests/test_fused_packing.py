@@ -27,3 +27,12 @@ def test_fused_chains_equal_onnxruntime(channels, kernel):
     packing = [name for name in names if "bitpack" in name or "subbyte_pack" in name]
     merged = [name for name in packing if "conv2d" in name]
     assert len(packing) == 3 and len(merged) == 2, names  # the stem's result packed on its own
+
+
+def test_layout_changes_only_at_the_edges():
+    """A Conv with a bias input (the stem here) is imported as conv2d + add: the layer stays NHWC
+    with its bias add and the residual add after it, leaving one transpose per model input and
+    output (`inspect`'s layout_transposes; the importer once bound the layer's name to an alias
+    of the conv, which ConvertLayout kept NCHW, 7 transposes in this model)."""
+    art = tvmbits.compile(residual_bnn(channels=64, size=9), "x86_64", use_tuning=False)
+    assert art.metadata["layout_transposes"] == 3  # the input, the two outputs

@@ -55,7 +55,11 @@ class _NamingImporter(onnx_frontend.ONNXGraphImporter):
             call itself and returned an expression over its variable)."""
             value = self.bb.lookup_binding(e) if isinstance(e, relax.Var) else e
             if is_layer_call(value) and not named:
-                named.append(self.bb.emit(value, name_hint=LAYER_PREFIX + encode(name)))
+                # a new call, not the bound one: emitting that would bind an alias of its variable,
+                # which ConvertLayout keeps in the original layout (transposes around a conv with
+                # a bias); the converter's own binding is left unused, for DCE
+                call = relax.Call(value.op, value.args, value.attrs, value.ty_args)
+                named.append(self.bb.emit(call, name_hint=LAYER_PREFIX + encode(name)))
                 return named[0]
             if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
                 return relax.Call(e.op, [bind(a) for a in e.args], e.attrs, e.ty_args)
@@ -70,4 +74,4 @@ def from_onnx(model, shape_dict, dtype_dict) -> tvm.IRModule:
     (`onnx.name_layers`)."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     importer = _NamingImporter(shape_dict, dtype_dict, keep_params_in_input=False, sanitize=False)
-    return importer.from_onnx(model.graph, opset)
+    return relax.transform.DeadCodeElimination()(importer.from_onnx(model.graph, opset))
