@@ -91,6 +91,9 @@ UNROLL = 8
 MAX_TUNED_STEP = 2 * UNROLL  # the most reduction steps a tuned schedule unrolls together
 TRANSPOSE_TILE = 16
 MIN_PARALLEL = 4096  # points below which a loop nest is not worth waking the thread pool
+# the conv tiles' parallel loop fuses, in this order, the tile index along the output's axes
+# (N, H, W, C): channel blocks outermost, so that one core works through one block of weights
+CONV_TILE_ORDER = [3, 0, 1, 2]
 
 
 class LowBitCPU(CPUScheduleRule):
@@ -334,12 +337,11 @@ class Tiles(NamedTuple):
     finish: Callable[[], None]
 
 
-def _packs_kernel_output(sch: s_tir.Schedule, packing: list, unit: int, extents: list[int], channels: int) -> bool:
+def _packs_kernel_output(sch: s_tir.Schedule, packing: list, extents: list[int], channels: int) -> bool:
     """Whether the packing reads a tensor shaped as the kernel's output (not, e.g., flattened
-    for a dense layer) whose channels fill whole words, and whose words tiles of `channels`
-    channels divide."""
+    for a dense layer) whose channels tiles of `channels` channels divide."""
     codes = [int(d) for d in sch.get(packing[0]).reads[0].source.shape]
-    return codes == list(extents) and codes[-1] % unit == 0 and codes[-1] % channels == 0
+    return codes == list(extents) and codes[-1] % channels == 0
 
 
 def _run_tiles(sch: s_tir.Schedule, tiles: Tiles, codes: list, packing: list, alone: bool) -> None:
@@ -355,7 +357,7 @@ def _run_tiles(sch: s_tir.Schedule, tiles: Tiles, codes: list, packing: list, al
     unit = DOT if "subbyte_pack" in names else WORD_BITS
     channels = tiles.sizes[-1]
     if (not packing or not alone or channels % unit
-            or not _packs_kernel_output(sch, packing, unit, tiles.extents, channels)):
+            or not _packs_kernel_output(sch, packing, tiles.extents, channels)):
         sch.parallel(tiles.loop)
         tiles.finish()
         if packing:
@@ -476,7 +478,7 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
         for loop in (row, pixel, group):
             sch.unroll(loop)
 
-    return Tiles(parallel, [3, 0, 1, 2], sizes, _output_shape(sch, kernel), finish)
+    return Tiles(parallel, CONV_TILE_ORDER, sizes, _output_shape(sch, kernel), finish)
 
 
 def _tile_conv_at_epilogue(sch: s_tir.Schedule, kernel, write_back, epilogue, lanes: int, budget: int,
@@ -504,7 +506,7 @@ def _tile_conv_at_epilogue(sch: s_tir.Schedule, kernel, write_back, epilogue, la
         for loop in (n, y, x, group):
             sch.unroll(loop)
 
-    return Tiles(parallel, [3, 0, 1, 2], sizes, _output_shape(sch, kernel), finish)
+    return Tiles(parallel, CONV_TILE_ORDER, sizes, _output_shape(sch, kernel), finish)
 
 
 def _split_tile(sch: s_tir.Schedule, channel, y, x, lanes: int, budget: int, tunable: bool,
