@@ -10,14 +10,16 @@ import tempfile
 import tvm
 from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+from tvmbits.passes.tiles_on_stack import TIR_PIPELINE
+
 
 def build(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
     """MetaSchedule's default build without its import of every tensor intrinsic (about 30 s
     in each fresh builder process; the low-bit kernels use none of them): a candidate is built
     and measured without its weight regrouping, which `PrepackWeights` does at compile time
-    (the runner passes the regrouped weight)."""
+    (the runner passes the regrouped weight). Lowered as a compile lowers it (`TIR_PIPELINE`)."""
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.driver.build(mod, target=target)
+    return tvm.driver.build(mod, target=target, pipeline=TIR_PIPELINE)
 
 
 def cross_export(compiler: str):

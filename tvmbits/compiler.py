@@ -126,7 +126,8 @@ def compile_with(
     if database is not None:
         log(f"{tuned} kernels scheduled from the tuning log, the rest by the default schedules")
     with target:
-        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline.lower_pipeline(target))
+        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline.lower_pipeline(target),
+                                 tir_pipeline=pipeline.TIR_PIPELINE)
     metadata = {
         "tvmbits_version": tvmbits.__version__,
         "tvm_version": tvm.__version__,

@@ -78,7 +78,7 @@ def build(plan: LayerPlan, profile, target: tvm.target.Target, library: Path) ->
         for gv, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)
     })
     with target:
-        executable = tvm.compile(kernels, target=target)
+        executable = tvm.compile(kernels, target=target, tir_pipeline=pipeline.TIR_PIPELINE)
     try:
         executable.export_library(str(library), fcompile=tvm.support.cc.cross_compiler(profile.cross_compiler))
     except Exception as err:

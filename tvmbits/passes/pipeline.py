@@ -13,7 +13,8 @@
                          next low-bit layer into the kernel's function
       ─▶ Schedule        tuned schedules from a MetaSchedule database, else tvmbits' defaults
       ─▶ PrepackWeights  the kernels' weight regrouping done once, on the constants
-      ─▶ tvm.compile with `lower_pipeline` (TVM's own lowering to the Relax VM)
+      ─▶ tvm.compile with `lower_pipeline` (TVM's own lowering to the Relax VM) and
+         `TIR_PIPELINE` (TVM's TIR lowering, then TilesOnStack: register tiles on the stack)
 
 Every phase is a `tvm.transform.Pass` named "tvmbits.<Phase>"; `DumpIR` is a pass instrument
 that writes the module after each of them (`tvmbits compile --dump-ir DIR`).
@@ -37,6 +38,7 @@ from tvmbits.passes.fuse_packing import FusePacking
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
+from tvmbits.passes.tiles_on_stack import TIR_PIPELINE  # noqa: F401 (the flow's last step, for tvm.compile)
 from tvmbits.passes.unpack_at_load import PREPARE, UnpackAtLoad
 from tvmbits.schedules import default_rules, register_intrinsics
 from tvmbits.schedules.byte_dot import byte_dot
