@@ -89,6 +89,26 @@ def run(mod, a_codes, act):
     return vm["main"](tvm.runtime.tensor(upstream(act, a_codes))).numpy()
 
 
+@pytest.mark.parametrize("kernel, act, wgt", [("bitserial", Encoding("bipolar", 1), Encoding("bipolar", 1)),
+                                              ("subbyte", Encoding("unsigned", 4), Encoding("signed", 4))],
+                         ids=["bitserial", "subbyte"])
+def test_conv_write_back_is_vectorised_and_exact(kernel, act, wgt):
+    """The tile's write-back, its epilogue inlined, stores whole channel vectors (left to LLVM it
+    became gathers and scatters)."""
+    a_shape, conv_args = (1, 7, 7, 64), ((1, 1), (1, 1, 1, 1))  # 49 pixels: no border table
+    rng = np.random.default_rng(4)
+    a, w = random_codes(rng, act, a_shape), random_codes(rng, wgt, (32, 3, 3, 64))
+    scale = rng.uniform(0.5, 2, 32).astype(np.float32)
+    scheduled = schedule(lowered_module(kernel, "conv2d", a_shape, w, act, wgt, conv_args, scale_epilogue(scale)),
+                         X86)
+    script = scheduled[f"fused_{kernel}_conv2d_cast_multiply"].script()
+    write_back = "subbyte_conv2d_intermediate_local" if kernel == "subbyte" else "bitserial_conv2d_local"
+    loop = script[: script.index(f'with T.sblock("{write_back}")')].rstrip().splitlines()[-1]
+    assert "in T.vectorized(T.int64(16)):" in loop
+    expected = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), *conv_args).astype(np.float32) * scale
+    np.testing.assert_array_equal(run(scheduled, a, act), expected)
+
+
 def test_fused_dense_with_scale_epilogue_is_scheduled_and_exact():
     act, wgt = Encoding("bipolar", 1), Encoding("signed", 2)
     rng = np.random.default_rng(0)
