@@ -300,8 +300,7 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     inner = _split_dot(sch, reduction) if dot else []
     sch.reorder(group, *reduction, vector, *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(*outer, group)
-    sch.reverse_compute_at(write_back, parallel)
-    _vectorize_write_back(sch, write_back, lanes)
+    _write_back_at(sch, write_back, parallel, lanes)
 
     def finish():
         _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
@@ -312,13 +311,15 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     _run_tiles(sch, tiles, codes, packing, alone=not stranded)
 
 
-def _vectorize_write_back(sch: s_tir.Schedule, write_back, lanes: int) -> None:
-    """The tile's write-back (with the epilogues inlined into it) `lanes` channels at a time in a
-    vector, when its channels are whole vectors; LLVM left to itself made gathers and scatters
-    of it (over a third of a 14²×256→512 W1A1 layer's kernel time)."""
-    channel = sch.get_loops(write_back)[-1]
-    extent = sch.get(channel).extent
-    if isinstance(extent, tirx.IntImm) and extent.value % lanes == 0:
+def _write_back_at(sch: s_tir.Schedule, write_back, tile_loop, lanes: int) -> None:
+    """Write each tile back (the epilogues inlined into the write-back) inside `tile_loop`, `lanes`
+    channels at a time in a vector when the output's channels are whole vectors; LLVM left to
+    itself made gathers and scatters of it (over a third of a 14²×256→512 W1A1 layer's kernel
+    time). Unit loops are kept, so that the loop nest, and a tuning trace's replay of it, does
+    not depend on the sampled tile."""
+    sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
+    if _output_shape(sch, write_back)[-1] % lanes == 0:
+        channel = sch.get_loops(write_back)[-1]
         sch.vectorize(sch.split(channel, factors=[None, lanes])[1])
 
 
@@ -485,8 +486,7 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *steps,
                 *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(outer, n, y_outer, x_outer)
-    sch.reverse_compute_at(write_back, parallel)
-    _vectorize_write_back(sch, write_back, lanes)
+    _write_back_at(sch, write_back, parallel, lanes)
 
     def finish():
         _finish(sch, kernel, reduction, steps[0] if steps else lane, inner, tensorize, tunable)

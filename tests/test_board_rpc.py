@@ -195,6 +195,7 @@ def test_board_killed_mid_run(model, folder):
 @pytest.mark.parametrize("message", [
     "RPCSessionTimeoutError: kShutdown",
     "Socket SockChannel::Recv Error:Connection reset by peer",  # a board killed while the client waits on it
+    "Socket SockChannel::Send Error:Broken pipe",  # a board killed while the client sends to it
 ])
 def test_a_dead_board_reads_as_a_closed_connection(message):
     assert _link_error(RuntimeError(f"Traceback ...\n{message}")).startswith("the board closed the connection")

@@ -256,8 +256,9 @@ def _within(timeout: float, fn, where: str, what: str):
 def _link_error(err: Exception) -> str:
     """What went wrong in a call to a board, in words: a closed link says so."""
     message = _first_line(err)
-    # how a dead board shows depends on when it died: TVM's shutdown code, a reset socket or an RPC error
-    closed = "kShutdown" in message or "Connection reset by peer" in message
+    # how a dead board shows depends on when it died: TVM's shutdown code, a reset socket, a send
+    # into a closed socket, or an RPC error
+    closed = any(sign in message for sign in ("kShutdown", "Connection reset by peer", "Broken pipe"))
     if closed or isinstance(err, (ConnectionError, tvm.error.RPCError)):
         return f"the board closed the connection (stopped or crashed?): {message}"
     return message
