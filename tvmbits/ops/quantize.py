@@ -33,3 +33,13 @@ def quantize(x: te.Tensor, scale: float, encoding: Encoding, zero_point: int = 0
         return q.astype("int32")
 
     return te.compute(x.shape, code, name="quantize")
+
+
+def binarize_threshold(acc: te.Tensor, lo: te.Tensor, hi: te.Tensor) -> te.Tensor:
+    """The codes `binarize` gives for a float function of the int32 `acc` that FoldThresholds
+    folded: 1 where lo[c] ≤ acc ≤ hi[c], c the last (channel) axis, else 0."""
+    def code(*i):
+        channel = i[-1]
+        return tirx.all(lo[channel] <= acc(*i), acc(*i) <= hi[channel]).astype("int32")
+
+    return te.compute(acc.shape, code, name="binarize_threshold")

@@ -22,7 +22,8 @@ The unpacking PrimFunc is opaque (op_pattern 8): FuseOps leaves its call alone, 
 The kernel PrimFuncs carry op_pattern 4 (out-elementwise-fusable), so TVM's FuseOps later
 fuses this epilogue, and any bias, batch norm or residual add after it, into the kernel. They
 are marked `KERNEL`, and the packing PrimFuncs (`bitpack`, `subbyte_pack`) `PACKING`, for
-`FusePacking` to merge a layer's packing into the kernel function whose result it packs.
+`FusePacking` to merge a layer's packing into the kernel function whose result it packs; the
+binarize PrimFuncs `BINARIZE`, for `FoldThresholds`.
 """
 
 from functools import partial
@@ -45,6 +46,7 @@ from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.ops.subbyte_gemm import subbyte_conv2d_gemm, subbyte_dense_gemm
 from tvmbits.ops.window import Window
+from tvmbits.passes.fold_thresholds import BINARIZE
 from tvmbits.passes.fuse_packing import KERNEL, PACKING
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.layers import is_layer_function
@@ -52,6 +54,7 @@ from tvmbits.passes.unpack_at_load import UNPACK_AT_LOAD
 
 KERNEL_ATTRS = {"op_pattern": 4, KERNEL: True}  # out-elementwise-fusable
 PACKING_ATTRS = {PACKING: True}
+BINARIZE_ATTRS = {BINARIZE: True}  # for FoldThresholds
 UNPACKING = {"op_pattern": 8, UNPACK_AT_LOAD: True}  # opaque: FuseOps leaves it alone
 LOWBIT_KERNELS = ("bitserial", "subbyte")
 # Under a CUDA target (the current `tvm.target.Target`), the same kernels in GEMM form: the
@@ -195,7 +198,7 @@ class _Rewriter(PyExprMutator):
             for op in plan.layer.layout_ops:
                 data = self.builder_.emit(relax.Call(op.op, [data, *op.args[1:]], op.attrs, op.ty_args))
         if plan.act.kind == "bipolar":
-            return self.builder_.emit_te(binarize, data, primfunc_name_hint="binarize")
+            return self.builder_.emit_te(binarize, data, primfunc_name_hint="binarize", primfunc_attrs=BINARIZE_ATTRS)
         return self.builder_.emit_te(
             partial(quantize, scale=plan.act_scale, encoding=plan.act, zero_point=plan.act_zero_point),
             data,

@@ -7,6 +7,7 @@
       ─▶ PlanLayers      each layer's kernel, bits, scales into its function's attributes
       ─▶ Calibrate       activation ranges for post-training layers (only when some need them)
       ─▶ LowerLowBit     low-bit layers into quantize → pack → kernel → epilogue; float inlined
+      ─▶ FoldThresholds  binarize(scales and shifts of a kernel's int32 result) → integer thresholds
       ─▶ UnpackAtLoad    stored sub-byte weights unpacked by `prepare`, run once at load
       ─▶ Fuse            TVM's legalization and fusion: epilogues into the kernels, and
                          (FusePacking, CPU targets) the packing of a kernel's result for the
@@ -34,6 +35,7 @@ from tvmbits.frontend.facts import LayerFacts
 from tvmbits.passes.annotate_layers import AnnotateLayers
 from tvmbits.passes.calibrate import Calibrate
 from tvmbits.passes.fold_flatten_transpose import FoldFlattenTranspose
+from tvmbits.passes.fold_thresholds import FoldThresholds
 from tvmbits.passes.fuse_packing import FusePacking
 from tvmbits.passes.layer_plan import LayerPlan, is_planned
 from tvmbits.passes.lower_lowbit import LowerLowBit
@@ -69,9 +71,9 @@ def lowbit_phases(
 
 
 def kernel_phases(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """LowerLowBit, UnpackAtLoad, Fuse: from a planned module to its kernel PrimFuncs (what
-    tuning tasks see). LowerLowBit runs under `target`: for CUDA it emits the kernels' GEMM forms."""
-    return [_under(target, LowerLowBit), UnpackAtLoad, Fuse(target)]
+    """LowerLowBit, FoldThresholds, UnpackAtLoad, Fuse: from a planned module to its kernel
+    PrimFuncs (what tuning tasks see). LowerLowBit runs under `target`: for CUDA it emits the kernels' GEMM forms."""
+    return [_under(target, LowerLowBit), FoldThresholds, UnpackAtLoad, Fuse(target)]
 
 
 def build_phases(target: tvm.target.Target, database=None) -> list[tvm.transform.Pass]:
