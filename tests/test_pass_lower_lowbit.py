@@ -10,6 +10,7 @@ from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.quantize import binarize
+from tvmbits.passes.fold_thresholds import BINARIZE
 from tvmbits.passes.fuse_packing import KERNEL, PACKING
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
@@ -22,7 +23,7 @@ def expected() -> tvm.IRModule:
     x = relax.Var("x", relax.TensorType((1, 5, 5, 2), "float32"))
     with builder.function("main", [x]):
         with builder.dataflow():
-            codes = builder.emit_te(binarize, x, primfunc_name_hint="binarize")
+            codes = builder.emit_te(binarize, x, primfunc_name_hint="binarize", primfunc_attrs={BINARIZE: True})
             packed = builder.emit_te(bitpack, codes, 1, primfunc_name_hint="bitpack", primfunc_attrs={PACKING: True})
             weight = relax.const(pack_bits(BIPOLAR.encode(np.where(W_BINARY >= 0, 1, -1)), 1))
             acc = builder.emit_te(

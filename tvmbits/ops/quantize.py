@@ -37,9 +37,10 @@ def quantize(x: te.Tensor, scale: float, encoding: Encoding, zero_point: int = 0
 
 def binarize_threshold(acc: te.Tensor, lo: te.Tensor, hi: te.Tensor) -> te.Tensor:
     """The codes `binarize` gives for a float function of the int32 `acc` that FoldThresholds
-    folded: 1 where lo[c] ≤ acc ≤ hi[c], c the last (channel) axis, else 0."""
+    folded: 1 where lo[c] ≤ acc ≤ hi[c], c the last (channel) axis, else 0; `lo`, `hi` int64,
+    compared in int64 (see `fold_thresholds.thresholds`)."""
     def code(*i):
-        channel = i[-1]
-        return tirx.all(lo[channel] <= acc(*i), acc(*i) <= hi[channel]).astype("int32")
+        channel, value = i[-1], acc(*i).astype("int64")
+        return tirx.all(lo[channel] <= value, value <= hi[channel]).astype("int32")
 
     return te.compute(acc.shape, code, name="binarize_threshold")

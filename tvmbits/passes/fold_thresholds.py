@@ -112,8 +112,10 @@ def _chain(value, var2val):
 
 
 def thresholds(steps: list, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """int32 `[channels]` (lo, hi): per channel, binarize(g(float32(acc))) is 1 exactly where
-    lo ≤ acc ≤ hi (lo > hi: never), for g the float32 `steps`; None when a constant is not one
+    """int64 `[channels]` (lo, hi): per channel, binarize(g(float32(acc))) is 1 exactly where
+    lo ≤ acc ≤ hi (lo > hi: never; the bounds are int32 values, compared in int64 because TVM's
+    simplifier moves terms across a comparison, e.g. lo ≤ n − 2m into 2m + lo ≤ n, which would
+    overflow int32 at the ends of its range), for g the float32 `steps`; None when a constant is not one
     value per channel, or a multiplier or divisor is zero or not finite (g might then not be
     monotone)."""
     per_channel = []
@@ -142,4 +144,4 @@ def thresholds(steps: list, channels: int) -> tuple[np.ndarray, np.ndarray] | No
         high, low = np.where(at_last, middle, high), np.where(at_last, low, middle)
     lo = np.where(first, bottom, np.where(last, high, 1))  # rising: from the step's top; never: 1 > 0
     hi = np.where(last, top, np.where(first, low, 0))      # falling: to the step's bottom
-    return lo.astype(np.int32), hi.astype(np.int32)
+    return lo, hi
