@@ -32,11 +32,12 @@ after it. Output channels are split into vectors of `LANES`:
 - every such weight copy is marked for `pipeline.PrepackWeights`, which makes it once at compile
   time on the weight constant, unless O needs padding to a multiple of LANES (then it is made
   on every call);
-- the accumulators live in a "local" buffer, initialised before the reduction loops; the
+- the accumulators live in a "local" buffer (a stack array, `passes/tiles_on_stack.py`, so
+  that LLVM keeps it in registers), initialised before the reduction loops; the
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`
   (`tvmbits tune` samples the chunk: a divisor of the loop up to 2·UNROLL);
-- the epilogues are inlined into the accumulators' write-back, so the accumulation never goes
-  to memory. An epilogue that reads a table the function computes (the bipolar conv's
+- the epilogues are inlined into the accumulators' write-back, which runs a channel vector at a
+  time, so the accumulation never goes to memory. An epilogue that reads a table the function computes (the bipolar conv's
   `bitserial_border`, which reverse_compute_inline refuses) is tiled itself, and the kernel
   and its write-back, into a tile-sized local buffer, are computed at each of its tiles; any
   other epilogue that cannot be inlined stays a parallel loop nest of its own;
