@@ -14,6 +14,7 @@ from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, weight_sums
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.quantize import binarize
 from tvmbits.ops.window import Window
+from tvmbits.passes.fold_thresholds import BINARIZE
 from tvmbits.passes.fuse_packing import KERNEL, PACKING
 from tvmbits.passes.lower_lowbit import LowerLowBit
 from tvmbits.passes.plan_layers import PlanLayers
@@ -29,7 +30,7 @@ def expected() -> tvm.IRModule:
     x = relax.Var("x", relax.TensorType((1, 5, 5, 2), "float32"))
     with builder.function("main", [x]):
         with builder.dataflow():
-            codes = builder.emit_te(binarize, x, primfunc_name_hint="binarize")
+            codes = builder.emit_te(binarize, x, primfunc_name_hint="binarize", primfunc_attrs={BINARIZE: True})
             packed = builder.emit_te(bitpack, codes, 1, primfunc_name_hint="bitpack", primfunc_attrs={PACKING: True})
             weight = relax.const(pack_bits(BIPOLAR.encode(np.where(W_BINARY >= 0, 1, -1)), 1))
             offset = builder.emit_te(lambda d: window_offset(d, 2, BIPOLAR, BIPOLAR, (3, 3), *CONV), packed,
