@@ -37,8 +37,9 @@ after it. Output channels are split into vectors of `LANES`:
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`
   (`tvmbits tune` samples the chunk: a divisor of the loop up to 2·UNROLL);
 - the epilogues are inlined into the accumulators' write-back, which runs a channel vector at a
-  time, so the accumulation never goes to memory. An epilogue that reads a table the function computes (the bipolar conv's
-  `bitserial_border`, which reverse_compute_inline refuses) is tiled itself, and the kernel
+  time, so the accumulation never goes to memory. An epilogue that reads a table the function
+  computes (the bipolar conv's `bitserial_border`, which reverse_compute_inline refuses) is
+  tiled itself, and the kernel
   and its write-back, into a tile-sized local buffer, are computed at each of its tiles; any
   other epilogue that cannot be inlined stays a parallel loop nest of its own;
 - the packing of the kernel's result for the next low-bit layer, where `FusePacking` put it into
@@ -655,7 +656,8 @@ def _parallelize(sch: s_tir.Schedule, block, keep_inner: bool = False) -> None:
     if keep_inner:
         if spatial > 1:
             spatial -= 1
-        if all(isinstance(e, tirx.IntImm) for e in extents) and np.prod([e.value for e in extents]) < MIN_PARALLEL:
+        known = all(isinstance(e, tirx.IntImm) for e in extents)
+        if known and np.prod([e.value for e in extents]) < MIN_PARALLEL:
             return
     sch.parallel(sch.fuse(*loops[:spatial]))
 

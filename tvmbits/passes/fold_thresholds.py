@@ -115,9 +115,9 @@ def thresholds(steps: list, channels: int) -> tuple[np.ndarray, np.ndarray] | No
     """int64 `[channels]` (lo, hi): per channel, binarize(g(float32(acc))) is 1 exactly where
     lo ≤ acc ≤ hi (lo > hi: never; the bounds are int32 values, compared in int64 because TVM's
     simplifier moves terms across a comparison, e.g. lo ≤ n − 2m into 2m + lo ≤ n, which would
-    overflow int32 at the ends of its range), for g the float32 `steps`; None when a constant is not one
-    value per channel, or a multiplier or divisor is zero or not finite (g might then not be
-    monotone)."""
+    overflow int32 at the ends of its range), for g the float32 `steps`; None when a constant
+    is not one value per channel, or a multiplier or divisor is zero or not finite (g might
+    then not be monotone)."""
     per_channel = []
     for op, constant, constant_first, name in steps:
         if constant.size not in (1, channels) or any(d != 1 for d in constant.shape[:-1]):

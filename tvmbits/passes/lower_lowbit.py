@@ -198,7 +198,8 @@ class _Rewriter(PyExprMutator):
             for op in plan.layer.layout_ops:
                 data = self.builder_.emit(relax.Call(op.op, [data, *op.args[1:]], op.attrs, op.ty_args))
         if plan.act.kind == "bipolar":
-            return self.builder_.emit_te(binarize, data, primfunc_name_hint="binarize", primfunc_attrs=BINARIZE_ATTRS)
+            return self.builder_.emit_te(binarize, data, primfunc_name_hint="binarize",
+                                         primfunc_attrs=BINARIZE_ATTRS)
         return self.builder_.emit_te(
             partial(quantize, scale=plan.act_scale, encoding=plan.act, zero_point=plan.act_zero_point),
             data,

@@ -72,7 +72,8 @@ def lowbit_phases(
 
 def kernel_phases(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """LowerLowBit, FoldThresholds, UnpackAtLoad, Fuse: from a planned module to its kernel
-    PrimFuncs (what tuning tasks see). LowerLowBit runs under `target`: for CUDA it emits the kernels' GEMM forms."""
+    PrimFuncs (what tuning tasks see). LowerLowBit runs under `target`: for CUDA it emits the
+    kernels' GEMM forms."""
     return [_under(target, LowerLowBit), FoldThresholds, UnpackAtLoad, Fuse(target)]
 
 

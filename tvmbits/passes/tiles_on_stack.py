@@ -6,10 +6,9 @@ LowerTVMBuiltin keeps only small "global" buffers on the stack: every "local" on
 TVMBackendAllocWorkspace / TVMBackendFreeWorkspace call pair, run once per tile. Around a
 tile of a binarized conv (16 vectors, 288 vector popcounts on 64 input channels), those two
 calls took 3–30% of the kernel's time on ResNet-18's 3×3 layers (measured with and without
-this pass, in one process). This pass marks each
-CPU function's "local" allocation of constant size, at most MAX_TILE_BYTES, with TVM's
-`disable_lower_builtin` annotation, which LowerTVMBuiltin leaves as a stack array (LLVM's
-alloca, which it promotes to registers).
+this pass, in one process). This pass marks each CPU function's "local" allocation of
+constant size, at most MAX_TILE_BYTES, with TVM's `disable_lower_builtin` annotation, which
+LowerTVMBuiltin leaves as a stack array (LLVM's alloca, which it promotes to registers).
 
 `tvm.compile(..., tir_pipeline=TIR_PIPELINE)` runs TVM's default TIR pipeline and then this
 pass, before the host functions are finalized (LowerTVMBuiltin); importing this module
