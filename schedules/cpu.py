@@ -37,11 +37,9 @@ after it. Output channels are split into vectors of `LANES`:
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`
   (`tvmbits tune` samples the chunk: a divisor of the loop up to 2·UNROLL);
 - the epilogues are inlined into the accumulators' write-back, which runs a channel vector at a
-  time, so the accumulation never goes to memory. An epilogue that reads a table the function
-  computes (the bipolar conv's `bitserial_border`, which reverse_compute_inline refuses) is
-  tiled itself, and the kernel
-  and its write-back, into a tile-sized local buffer, are computed at each of its tiles; any
-  other epilogue that cannot be inlined stays a parallel loop nest of its own;
+  time, so the accumulation never goes to memory; an epilogue that cannot be inlined (one
+  reading a table the function computes, as a bipolar conv built without its `border` does)
+  stays a parallel loop nest of its own;
 - the packing of the kernel's result for the next low-bit layer, where `FusePacking` put it into
   the function: each parallel tile of the kernel also packs the pixels it wrote, while they are
   in cache (the packing's loops tiled the same way and merged into the tiles' loop, the binarize
@@ -50,10 +48,10 @@ after it. Output channels are split into vectors of `LANES`:
   after the kernel as the packing-only functions below do. `tvmbits tune` then keeps the
   default number of channel vectors in a tile (the packing's tiling follows the sampled rows
   and columns);
-- producers (padding, packing, unpacking sub-byte weights, tables of the weights) stay whole,
-  each a parallel loop nest with a plain innermost loop for LLVM to vectorise (a reduction
-  whose innermost output axis is channels, e.g. the weights' popcounts, is vectorised along
-  them): inlining them into the kernel would redo them once per output channel.
+- producers (padding, packing, unpacking sub-byte weights) stay whole, each a parallel loop
+  nest with a plain innermost loop for LLVM to vectorise (a reduction whose innermost output
+  axis is channels is vectorised along them): inlining them into the kernel would redo them
+  once per output channel.
 
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize, a layout transpose) inlined into the packing and its loops
@@ -82,7 +80,6 @@ from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
 PACKS = ("bitpack_lanes", "bitpack", "subbyte_pack")
-TABLES = ("bitserial_weight_popcount", "bitserial_border")  # per-call tables of the weights
 # the block annotation TVM's SplitLayoutRewritePreproc moves into a function of its own
 PREPACK = "meta_schedule.layout_rewrite_preproc"
 LANES = BLOCK  # int32 accumulators per vector; the sub-byte weights come blocked by it
@@ -193,16 +190,15 @@ def _lane_reduction(sch: s_tir.Schedule, block) -> bool:
     return extent.value % LANES == 0
 
 
-def _reduce_in_lanes(sch: s_tir.Schedule, block, parallel: bool = True) -> bool:
+def _reduce_in_lanes(sch: s_tir.Schedule, block) -> bool:
     """Run a `_lane_reduction` block with its reduction loops outside its innermost output axis,
-    LANES of it at a time in a vector, and its leading loops in parallel (unless not
-    `parallel`). False (untouched) if not such a block."""
+    LANES of it at a time in a vector, and its leading loops in parallel. False (untouched) if
+    not such a block."""
     if not _lane_reduction(sch, block):
         return False
     loops = sch.get_loops(block)
     spatial = _spatial_loop_count(sch, block)
-    if parallel:
-        _parallelize(sch, block, keep_inner=True)
+    _parallelize(sch, block, keep_inner=True)
     *_, channel_loop = sch.get_loops(block)[: -(len(loops) - spatial)]
     reduction = sch.get_loops(block)[-(len(loops) - spatial):]
     vectors, lane = sch.split(channel_loop, factors=[None, LANES])
@@ -259,10 +255,8 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
         if whole:  # (a padded copy is not a plain copy, which TVM's layout-rewrite passes require)
             # of a constant weight, the copy is made once at compile time (`pipeline.PrepackWeights`)
             sch.annotate(copy, PREPACK, 1)
-    for producer in blocks[:index]:  # after the weight copy, which tables of the weights then read
-        if sch.get(producer).name_hint in TABLES:
-            _vectorize_table(sch, producer)
-        elif not _reduce_in_lanes(sch, producer):
+    for producer in blocks[:index]:
+        if not _reduce_in_lanes(sch, producer):
             _parallelize(sch, producer, keep_inner=True)
     write_back = sch.cache_write(kernel, 0, "local")
     tail = blocks[index + 1 :]
@@ -278,13 +272,6 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     codes, stranded = _codes_of_packing(sch, stranded, packing)
     dot = name.startswith("subbyte")
     tensorize = dot and int(out_channel.dom.extent) % BLOCK == 0 and _dot_intrinsic(sch, kernel, target)
-    if "conv2d" in name and stranded and not dot and _reads_write_back(sch, stranded[0], write_back):
-        tile = _tile_conv_at_epilogue(sch, kernel, write_back, stranded[0], lanes, accumulator_vectors(target),
-                                      tunable, bool(packing))
-        for epilogue in stranded[1:]:
-            _parallelize(sch, epilogue)
-        _run_tiles(sch, tile, codes, packing, alone=len(stranded) == 1)
-        return
     for epilogue in stranded:
         _parallelize(sch, epilogue)
     if "conv2d" in name:
@@ -401,22 +388,6 @@ def _run_tiles(sch: s_tir.Schedule, tiles: Tiles, codes: list, packing: list, al
         sch.vectorize(sch.split(inner[-1], factors=[None, LANES])[1])
 
 
-def _vectorize_table(sch: s_tir.Schedule, block) -> None:
-    """A small table of the weights, channels innermost (`TABLES`): LANES channels at a time in a
-    vector, serially (a few thousand vector operations, cheaper than waking the thread pool)."""
-    if _reduce_in_lanes(sch, block, parallel=False):
-        return
-    loops = sch.get_loops(block)
-    extent = sch.get(loops[-1]).extent
-    if _spatial_loop_count(sch, block) == len(loops) and isinstance(extent, tirx.IntImm) and extent.value % LANES == 0:
-        sch.vectorize(sch.split(loops[-1], factors=[None, LANES])[1])
-
-
-def _reads_write_back(sch: s_tir.Schedule, block, write_back) -> bool:
-    written = sch.get(write_back).writes[0].source
-    return any(read.source.same_as(written) for read in sch.get(block).reads)
-
-
 def _split_dot(sch: s_tir.Schedule, reduction: list) -> list:
     """Split the DOT input channels of one dot product off the innermost reduction loop, in
     place in `reduction`; returns [that DOT loop]."""
@@ -493,34 +464,6 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     def finish():
         _finish(sch, kernel, reduction, steps[0] if steps else lane, inner, tensorize, tunable)
         for loop in (row, pixel, group):
-            sch.unroll(loop)
-
-    return Tiles(parallel, CONV_TILE_ORDER, sizes, _output_shape(sch, kernel), finish)
-
-
-def _tile_conv_at_epilogue(sch: s_tir.Schedule, kernel, write_back, epilogue, lanes: int, budget: int,
-                           tunable: bool, fixed_groups: bool) -> "Tiles":
-    """`_tile_conv` for a kernel whose epilogue reads a table the function computes (the
-    bit-serial `bitserial_border`), which reverse_compute_inline refuses: the epilogue's own
-    loops are tiled and run in parallel, and the kernel (the same register tile) and its
-    write-back, into a tile-sized local buffer, are computed at each of its tiles. The tiles,
-    for `_run_tiles` to run in parallel."""
-    n, y, x, channel = sch.get_loops(epilogue)
-    outer, group, lane, y_outer, row, x_outer, pixel, sizes = _split_tile(
-        sch, channel, y, x, lanes, budget, tunable, fixed_groups=fixed_groups)
-    sch.reorder(outer, n, y_outer, x_outer, row, pixel, group, lane)
-    parallel = sch.fuse(outer, n, y_outer, x_outer)
-    sch.vectorize(lane)
-    sch.compute_at(write_back, parallel, preserve_unit_loops=True)
-    sch.compute_at(kernel, parallel, preserve_unit_loops=True)
-    sch.set_scope(write_back, 0, "local")
-    _, n, y, x, channel, *reduction = sch.get_loops(kernel)
-    group, lane = sch.split(channel, factors=[None, lanes])
-    sch.reorder(*reduction, n, y, x, group, lane)
-
-    def finish():
-        _finish(sch, kernel, reduction, lane, [], False, tunable)
-        for loop in (n, y, x, group):
             sch.unroll(loop)
 
     return Tiles(parallel, CONV_TILE_ORDER, sizes, _output_shape(sch, kernel), finish)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 
-from lowbit_kernels import build, pack_weight, upstream
+from lowbit_kernels import build, inputs
 from tvmbits.board import emulate
 from tvmbits.ops.encoding import Encoding
 from tvmbits.targets.profile import load
 
-# what runs on the board: every case's library on its saved inputs, compared with its expected
-# output; one JSON line per case ("ok", "mismatch at N of M", or the error)
+# what runs on the board: every case's library on its saved inputs (`lowbit_kernels.inputs`),
+# compared with its expected output (the last array saved); one JSON line per case ("ok",
+# "mismatch at N of M", or the error)
 BOARD_SIDE = '''
 import json, sys
 from pathlib import Path
@@ -27,14 +28,14 @@ import numpy as np
 import tvm
 
 folder = Path(sys.argv[1])
-for case in json.loads((folder / "cases.json").read_text()):
+for case, count in json.loads((folder / "cases.json").read_text()):
     try:
         func = tvm.runtime.load_module(str(folder / f"{case}.so"))["main"]
-        data = [np.load(folder / f"{case}.{i}.npy") for i in range(3)]
-        out = tvm.runtime.tensor(np.zeros_like(data[2]))
-        func(tvm.runtime.tensor(data[0]), tvm.runtime.tensor(data[1]), out)
-        wrong = int((out.numpy() != data[2]).sum())
-        result = "ok" if not wrong else f"mismatch at {wrong} of {data[2].size}"
+        *data, expected = [np.load(folder / f"{case}.{i}.npy") for i in range(count)]
+        out = tvm.runtime.tensor(np.zeros_like(expected))
+        func(*(tvm.runtime.tensor(x) for x in data), out)
+        wrong = int((out.numpy() != expected).sum())
+        result = "ok" if not wrong else f"mismatch at {wrong} of {expected.size}"
     except Exception as err:
         result = f"error: {err!r}"[:300]
     print(json.dumps({"case": case, "result": result}), flush=True)
@@ -68,13 +69,15 @@ def run_on_board(profile: str, cases: list[Case], board: str | None = None, time
     folder = root / "tmp" / f"tvmbits-kernels-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
     try:
+        counts = []
         for case in cases:
             case.module(target).export_library(str(folder / f"{case.name}.so"), fcompile=compiler)
-            arrays = (upstream(case.act, case.a_codes), pack_weight(case.kernel, case.w_codes, case.wgt),
-                      case.expected.astype("int32"))
+            arrays = [*inputs(case.kernel, case.a_codes, case.w_codes, case.act, case.wgt, *case.conv_args),
+                      case.expected.astype("int32")]
             for i, array in enumerate(arrays):
                 np.save(folder / f"{case.name}.{i}.npy", array)
-        (folder / "cases.json").write_text(json.dumps([case.name for case in cases]))
+            counts.append([case.name, len(arrays)])
+        (folder / "cases.json").write_text(json.dumps(counts))
         (folder / "board_side.py").write_text(BOARD_SIDE)
         inside = "/" + str(folder.relative_to(root))
         done = emulate.run(board or profile, f"{emulate.VENV}/bin/python {inside}/board_side.py {inside}", timeout)

@@ -2,12 +2,15 @@
 
 Activations go through the TE packing op (`bitpack` / `subbyte_pack`) inside the same PrimFunc
 as the kernel, fed what the upstream op gives (int32 values for signed, codes otherwise);
-weights are packed with the numpy twin, as at compile time. The PrimFunc is built with the
-default CPU schedule (`LowBitCPU`, as the compiler does) unless `scheduled=False`; builds are
-cached by signature.
+weights are packed with the numpy twin, as at compile time, and a bipolar conv's border table
+(`border_table`) is computed from them beforehand by its own function, as the compiler folds
+it at compile time: `main`'s inputs are `inputs(...)`, then the output. The PrimFunc is built
+with the default CPU schedule (`LowBitCPU`, as the compiler does) unless `scheduled=False`;
+builds are cached by signature.
 """
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import tvm
@@ -15,12 +18,13 @@ from tvm import te
 from tvm.s_tir import dlight
 
 from tvmbits.ops.bitpack import bitpack, pack_bits
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table
 from tvmbits.ops.bitserial_dense import bitserial_dense
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import block_weight, subbyte_pack
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
+from tvmbits.ops.window import Window
 from tvmbits.schedules.cpu import LowBitCPU
 from tvmbits.schedules.byte_dot import byte_dot
 from tvmbits.targets.profile import load
@@ -45,8 +49,21 @@ def run(kernel: str, a_codes, w_codes, act: Encoding, wgt: Encoding, *conv_args,
     when given (strides, padding), else dense."""
     func, out_shape = _build(*_signature(kernel, a_codes, w_codes, act, wgt, conv_args, scheduled, target))
     out = tvm.runtime.tensor(np.zeros(out_shape, "int32"))
-    func(tvm.runtime.tensor(upstream(act, a_codes)), tvm.runtime.tensor(pack_weight(kernel, w_codes, wgt)), out)
+    func(*(tvm.runtime.tensor(x) for x in inputs(kernel, a_codes, w_codes, act, wgt, *conv_args)), out)
     return out.numpy()
+
+
+def inputs(kernel: str, a_codes, w_codes, act: Encoding, wgt: Encoding, *conv_args) -> list[np.ndarray]:
+    """What the built `main` takes before its output: the upstream activations, the packed
+    weights and, for a conv that reads one, the border table of those weights."""
+    arrays = [upstream(act, a_codes), pack_weight(kernel, w_codes, wgt)]
+    window = _border_window(kernel, a_codes.shape, w_codes.shape, act, wgt, conv_args)
+    if window is not None:
+        table = _border_function(arrays[1].shape, a_codes.shape[-1], window)
+        out = tvm.runtime.tensor(np.zeros(table.shape, "int32"))
+        table.function(tvm.runtime.tensor(arrays[1]), out)
+        arrays.append(out.numpy())
+    return arrays
 
 
 def build(kernel: str, a_codes, w_codes, act: Encoding, wgt: Encoding, *conv_args, scheduled=True, target=TARGET):
@@ -57,7 +74,7 @@ def build(kernel: str, a_codes, w_codes, act: Encoding, wgt: Encoding, *conv_arg
 def _signature(kernel, a_codes, w_codes, act, wgt, conv_args, scheduled, target) -> tuple:
     w_packed = pack_weight(kernel, w_codes, wgt)
     conv_args = tuple(tuple(arg) for arg in conv_args)
-    return (kernel, a_codes.shape, w_codes.shape[0], w_packed.shape, w_packed.dtype.name,
+    return (kernel, a_codes.shape, w_codes.shape, w_packed.shape, w_packed.dtype.name,
             act, wgt, conv_args, scheduled, target)
 
 
@@ -68,23 +85,54 @@ def pack_weight(kernel: str, w_codes: np.ndarray, wgt: Encoding) -> np.ndarray:
     return block_weight(wgt.decode(w_codes), wgt)
 
 
-def kernel_te(kernel: str, data: te.Tensor, weight: te.Tensor, channels: int, out_channels: int,
-              act: Encoding, wgt: Encoding, *conv_args) -> te.Tensor:
-    """`kernel`'s packing op and compute on int32 `data` (what upstream gives) and a weight
-    placeholder: conv2d when given (strides, padding), else dense."""
+def kernel_te(kernel: str, data: te.Tensor, weight: te.Tensor, border: te.Tensor | None, channels: int,
+              out_channels: int, act: Encoding, wgt: Encoding, conv_args: tuple) -> te.Tensor:
+    """`kernel`'s packing op and compute on int32 `data` (what upstream gives), a weight
+    placeholder and, for a bit-serial conv that reads one, its border table: conv2d when given
+    `conv_args` (strides, padding), else dense."""
     conv, dense = KERNELS[kernel]
     compute = conv if conv_args else dense
     if kernel == "bitserial":
-        return compute(bitpack(data, act.bits), weight, channels, act, wgt, *conv_args)
+        extra = {"border": border} if border is not None else {}
+        return compute(bitpack(data, act.bits), weight, channels, act, wgt, *conv_args, **extra)
     return compute(subbyte_pack(data, act), weight, channels, out_channels, act, wgt, *conv_args)
 
 
+def _border_window(kernel, a_shape, w_shape, act, wgt, conv_args) -> Window | None:
+    """The conv's window when the kernel reads a border table, else None."""
+    if kernel != "bitserial" or not conv_args:
+        return None
+    window = Window.of(a_shape[1:3], w_shape[1:3], *conv_args)
+    return window if reads_border_table(act, wgt, window) else None
+
+
+class _Table(NamedTuple):
+    function: object
+    shape: tuple
+
+
 @functools.cache
-def _build(kernel, a_shape, out_channels, w_packed_shape, w_dtype, act, wgt, conv_args, scheduled, target):
+def _border_function(w_packed_shape, channels: int, window: Window) -> _Table:
+    weight = te.placeholder(w_packed_shape, "uint32", "weight")
+    table = border_table(weight, channels, window)
+    return _Table(tvm.compile(te.create_prim_func([weight, table]), target=TARGET), _shape(table.shape))
+
+
+def _shape(shape) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape)
+
+
+@functools.cache
+def _build(kernel, a_shape, w_shape, w_packed_shape, w_dtype, act, wgt, conv_args, scheduled, target):
     codes = te.placeholder(a_shape, "int32", "codes")
     weight = te.placeholder(w_packed_shape, w_dtype, "weight")
-    out = kernel_te(kernel, codes, weight, a_shape[-1], out_channels, act, wgt, *conv_args)
-    mod = tvm.IRModule({"main": te.create_prim_func([codes, weight, out])})
+    window = _border_window(kernel, a_shape, w_shape, act, wgt, conv_args)
+    border = None
+    if window is not None:
+        border = te.placeholder(_border_function(w_packed_shape, a_shape[-1], window).shape, "int32", "border")
+    out = kernel_te(kernel, codes, weight, border, a_shape[-1], w_shape[0], act, wgt, conv_args)
+    args = [codes, weight] + ([border] if border is not None else [])
+    mod = tvm.IRModule({"main": te.create_prim_func([*args, out])})
     if scheduled:
         with target:
             mod = dlight.ApplyDefaultSchedule(LowBitCPU())(mod)

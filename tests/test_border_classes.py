@@ -15,7 +15,7 @@ from conv_cases import CONVS
 from tvmbits.ops import bitserial_conv2d as conv_module
 from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, reads_border_table
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.window import Window
 from tvmbits.schedules.cpu import LowBitCPU
@@ -63,8 +63,13 @@ def test_a_class_member_reads_the_taps_of_every_output_of_its_class(args):
 def _update_block_script(act: Encoding, wgt: Encoding, a_shape, conv_args) -> str:
     codes = te.placeholder(a_shape, "int32", "codes")
     weight = te.placeholder((4, 3, 3, wgt.bits, 1), "uint32", "weight")
-    out = bitserial_conv2d_nhwc(bitpack(codes, act.bits), weight, a_shape[-1], act, wgt, *conv_args)
-    func = LowBitCPU().apply(te.create_prim_func([codes, weight, out]), tvm.target.Target({"kind": "llvm"}), False)
+    window = Window.of(a_shape[1:3], (3, 3), *conv_args)
+    args = [codes, weight]
+    if reads_border_table(act, wgt, window):  # an input, as the compiler passes it
+        args.append(te.placeholder((window.class_count(0), window.class_count(1), 4), "int32", "border"))
+    out = bitserial_conv2d_nhwc(bitpack(codes, act.bits), weight, a_shape[-1], act, wgt, *conv_args,
+                                border=args[2] if len(args) > 2 else None)
+    func = LowBitCPU().apply(te.create_prim_func([*args, out]), tvm.target.Target({"kind": "llvm"}), False)
     script = func.mod["main"].script()
     start = script.index('T.sblock("bitserial_conv2d_update")')
     return script[start : script.index("T.sblock(", start + 1)]

@@ -17,7 +17,7 @@ import onnx
 import pytest
 import tvm
 from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, pair_id, pairs
-from lowbit_kernels import build, pack_weight, random_codes, upstream
+from lowbit_kernels import build, inputs, pack_weight, random_codes, upstream
 
 import tvmbits.check as check
 from tvmbits.check.emulator import Emulator
@@ -124,8 +124,8 @@ def run_kernel(emulator, tmp_path, kernel, a, w, act, wgt, *conv_args) -> np.nda
         out_shape = reference.conv2d_nhwc(np.zeros(a.shape, np.int64), np.zeros(w.shape, np.int64), *conv_args).shape
     else:
         out_shape = (a.shape[0], w.shape[0])
-    program = Program(library, [upstream(act, a), pack_weight(kernel, w, wgt), (out_shape, "int32")],
-                      [("main", [0, 1, 2])], 0, 2)
+    tensors = [*inputs(kernel, a, w, act, wgt, *conv_args), (out_shape, "int32")]
+    program = Program(library, tensors, [("main", list(range(len(tensors))))], 0, len(tensors) - 1)
     return emulator.run(program, tmp_path, {})
 
 

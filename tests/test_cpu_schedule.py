@@ -14,12 +14,13 @@ from tvm.s_tir import dlight
 from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops import bitserial_conv2d as bitserial_conv2d_module
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table
 from tvmbits.ops.bitserial_dense import bitserial_dense
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import bias, subbyte_pack, weight_offset
 from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
+from tvmbits.ops.window import Window
 from tvmbits.schedules.cpu import PREPACK, LowBitCPU, ParallelCPU
 
 X86 = tvm.target.Target({"kind": "llvm", "num-cores": 2})
@@ -32,21 +33,29 @@ DENSE = {"bitserial": bitserial_dense, "subbyte": subbyte_dense}
 
 def lowered_module(kernel, op, a_shape, w_codes, act, wgt, conv_args, epilogue):
     """Relax: int32 activations → pack → kernel (op_pattern 4) → `epilogue`, as the compiler
-    emits them (the sub-byte weight offset a constant), fused."""
+    emits them (the sub-byte weight offset a constant, a bipolar conv's border table a function
+    of the weight constant, folded), fused."""
     compute = (CONV if op == "conv2d" else DENSE)[kernel]
     sizes = (a_shape[-1],) if kernel == "bitserial" else (a_shape[-1], w_codes.shape[0])
-    constants = [relax.const(pack_weight(kernel, w_codes, wgt))]
+    weight = relax.const(pack_weight(kernel, w_codes, wgt))
+    extra = {}
     if kernel == "subbyte" and bias(act):
-        constants.append(relax.const(weight_offset(wgt.decode(w_codes), act)))
+        extra["offset"] = relax.const(weight_offset(wgt.decode(w_codes), act))
+    window = Window.of(a_shape[1:3], w_codes.shape[1:3], *conv_args) if op == "conv2d" else None
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(a_shape, "int32"))
     with bb.function("main", [x]):
         with bb.dataflow():
             packed = bb.emit_te(partial(PACKING[kernel], act=act), x, primfunc_name_hint=PACK_NAMES[kernel])
+            if kernel == "bitserial" and window is not None and reads_border_table(act, wgt, window):
+                extra["border"] = bb.emit_te(lambda w: border_table(w, a_shape[-1], window), weight,
+                                             primfunc_name_hint="bitserial_border")
+            keys = list(extra)
             acc = bb.emit_te(
-                lambda d, *w: compute(d, *w[:1], *sizes, act, wgt, *conv_args, *w[1:]),
+                lambda d, w, *rest: compute(d, w, *sizes, act, wgt, *conv_args, **dict(zip(keys, rest))),
                 packed,
-                *constants,
+                weight,
+                *extra.values(),
                 primfunc_name_hint=f"{kernel}_{op}",
                 primfunc_attrs={"op_pattern": 4},
             )
@@ -56,6 +65,7 @@ def lowered_module(kernel, op, a_shape, w_codes, act, wgt, conv_args, epilogue):
         [
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
         ]
@@ -146,18 +156,17 @@ def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt, monkeypatch):
     scheduled = schedule(mod, X86)
     name = f"fused_{kernel}_conv2d_cast_multiply_add_greater"
     assert scheduled[name].attrs["tirx.is_scheduled"]
-    # the int32 accumulation never reaches memory: the local buffers are the accumulators (and,
-    # where the epilogue reads a border table, the register tile written back for it); the
+    # the int32 accumulation never reaches memory: the one local buffer is the accumulators; the
     # global ones are the weights regrouped by output-channel group and the zero-padded input
-    # (bit-serial; bipolar × bipolar adds two tables of O entries per border class and tap), or
-    # the padded input alone (sub-byte: the kernel reads its weights as bytes, unpacked at load)
+    # (bit-serial; a bipolar conv's border table is an input, folded at compile time), or the
+    # padded input alone (sub-byte: the kernel reads its weights as bytes, unpacked at load)
     func = scheduled[name]
     buffers = [(b.scope(), str(b.dtype), [int(d) for d in b.shape]) for b in func.body.block.alloc_buffers]
-    assert {dtype for scope, dtype, _ in buffers if scope == "local"} == {"int32"}
+    assert [dtype for scope, dtype, _ in buffers if scope == "local"] == ["int32"]
+    assert not [shape for scope, dtype, shape in buffers if scope == "global" and dtype == "int32"]
     border = kernel == "bitserial" and act.kind == wgt.kind == "bipolar"
-    assert sum(scope == "local" for scope, *_ in buffers) == (2 if border else 1)
-    tables = [shape for scope, dtype, shape in buffers if scope == "global" and dtype == "int32"]
-    assert tables == ([[3, 3, 8], [3, 2, 8]] if border else [])  # [KH, KW, O], [row/column classes, O]
+    inputs = [[int(d) for d in p.ty.shape] for p in func.params]
+    assert ([3, 2, 8] in inputs) == border  # [row classes, column classes, O]
     others = {dtype for scope, dtype, _ in buffers if scope == "global" and dtype != "int32"}
     assert others == ({"uint32"} if kernel == "bitserial" else {"uint8"})
     acc = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), *conv_args).astype(np.float32)

@@ -12,10 +12,11 @@ So that the hot loop tests no tap for padding, the kernel reads its input padded
 words (`bitserial_pad`, a copy a few rows larger than the packed input) wherever a zero word
 is worth what a padded tap must count: value 0 for unsigned and signed activation codes,
 whatever the weights. A bipolar zero word is −1, not 0: for bipolar × bipolar each padded tap
-adds popc(W) mismatches, so the epilogue's n (`bipolar_dot`) is read from `bitserial_border`,
+adds popc(W) mismatches, so the epilogue's n (`bipolar_dot`) is read from `border_table`,
 C·(taps inside) + 2·Σ popc(W) over the padded taps, one row of O entries per border class
-(`Window.border_class`: a handful of classes, computed once per call from the weights), where
-the output is large enough for the table to pay (`MIN_PIXELS_FOR_BORDER_TABLE`). Bipolar
+(`Window.border_class`: a handful of classes), where the output is large enough for the
+padded copy to pay (`MIN_PIXELS_FOR_BORDER_TABLE`, `reads_border_table`). The table depends on
+the weights only: the compiler computes it once, at compile time, and passes it in. Bipolar
 activations with multi-bit weights keep the per-tap test.
 """
 
@@ -26,9 +27,9 @@ from tvmbits.ops.bitserial_term import activation_terms, bipolar_dot, has_offset
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.window import Window
 
-# Below this many output pixels per image a bipolar × bipolar conv keeps the per-tap test: its
-# border table costs O·KH·KW·words popcounts of the weights per call, 1/(OH·OW) of the kernel's
-# own, and on 7×7 outputs with 512 channels the table measured 10–15% slower than the test.
+# Below this many output pixels per image a bipolar × bipolar conv keeps the per-tap test: on 7×7
+# outputs with 512 channels the padded copy of the input, made per call, measured no faster than
+# the test (0.066 vs 0.063 ms, then 0.079 vs 0.080 ms, alternating in one process).
 MIN_PIXELS_FOR_BORDER_TABLE = 64
 
 
@@ -41,6 +42,7 @@ def bitserial_conv2d_nhwc(
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
     offset: te.Tensor | None = None,
+    border: te.Tensor | None = None,
 ) -> te.Tensor:
     """Exact integer conv2d of packed codes (layouts in the module docstring).
 
@@ -60,6 +62,9 @@ def bitserial_conv2d_nhwc(
         `window_offset` of the same data, computed beforehand (the compiler emits it as its own
         function, so the kernel's epilogue reads it as an input); computed here when None.
         Used only for bipolar weights with multi-bit activations.
+    border : te.Tensor, optional
+        `border_table` of the same weights and window, computed beforehand (the compiler folds it
+        into a constant); computed here when None. Used only where `reads_border_table`.
 
     Returns
     -------
@@ -76,8 +81,7 @@ def bitserial_conv2d_nhwc(
     kx = te.reduce_axis((0, kernel_w), "kx")
     word = te.reduce_axis((0, words(in_channels)), "word")
     bipolar = is_bipolar_pair(act, wgt)
-    table_pays = window.out_size[0] * window.out_size[1] >= MIN_PIXELS_FOR_BORDER_TABLE
-    padded = any(padding) and (not act.offset if not bipolar else table_pays)
+    padded = any(padding) and (reads_border_table(act, wgt, window) if bipolar else not act.offset)
     read = window.padded() if padded else window
     source = pad_packed(data, padding) if padded else data
 
@@ -95,7 +99,7 @@ def bitserial_conv2d_nhwc(
 
     out = te.compute((batch, *window.out_size, out_channels), output, name="bitserial_conv2d")
     if bipolar and padded:
-        table = border_table(weight, in_channels, window)
+        table = border if border is not None else border_table(weight, in_channels, window)
         return bipolar_dot(out, lambda n, y, x, o: table[window.border_class(y, 0), window.border_class(x, 1), o])
     if bipolar:
         return bipolar_dot(out, lambda n, y, x, o: in_channels * window.taps_inside(y, x))
@@ -104,6 +108,14 @@ def bitserial_conv2d_nhwc(
     if offset is None:
         offset = window_offset(data, in_channels, act, wgt, (kernel_h, kernel_w), strides, padding)
     return te.compute(out.shape, lambda n, y, x, o: out[n, y, x, o] + offset[n, y, x], name="bitserial_add_offset")
+
+
+def reads_border_table(act: Encoding, wgt: Encoding, window: Window) -> bool:
+    """Whether the conv of `act` × `wgt` codes over `window` reads a zero-padded input and
+    restores the padded taps from `border_table` (bipolar × bipolar, padded, output large enough)."""
+    out_pixels = window.out_size[0] * window.out_size[1]
+    return (is_bipolar_pair(act, wgt) and any(window.padding)
+            and out_pixels >= MIN_PIXELS_FOR_BORDER_TABLE)
 
 
 def pad_packed(data: te.Tensor, padding: tuple[int, int, int, int]) -> te.Tensor:
@@ -125,7 +137,8 @@ def border_table(weight: te.Tensor, in_channels: int, window: Window) -> te.Tens
     """int32 `[row classes, column classes, O]`: for the outputs of each border class, the n of
     `bipolar_dot` that turns the mismatches summed over a zero-padded input into Σ a·w:
     C·(taps inside) + 2·Σ popc(W) over the taps outside, the mismatches a zero (−1) word adds
-    there (TE computes `bitserial_weight_popcount` and `bitserial_border`)."""
+    there (TE computes `bitserial_weight_popcount` and `bitserial_border`). The weights are
+    `[O, KH, KW, 1, words]` packed bipolar codes, the same `bitserial_conv2d_nhwc` reads."""
     out_channels, kernel_h, kernel_w, _, packed_words = (int(d) for d in weight.shape)
     word = te.reduce_axis((0, packed_words), "pw")
     ones = te.compute(  # channels innermost, so that both tables vectorise along them

@@ -35,7 +35,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, window_offset
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table, window_offset
 from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
 from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, bitserial_dense_gemm, weight_sums
 from tvmbits.ops.bitserial_term import has_offset
@@ -96,37 +96,39 @@ class _Rewriter(PyExprMutator):
         channels = layer.weight.shape[-1]
         name = f"{plan.kernel}_{layer.op}"
         conv_args = (layer.attrs["strides"], layer.attrs["padding"]) if layer.op == "conv2d" else ()
+        target = tvm.target.Target.current(allow_none=True)
+        gemm_form = target is not None and target.kind.name == "cuda"
+        window = None
+        if layer.op == "conv2d":
+            window = Window.of(layer.data_shape[1:3], layer.weight.shape[1:3], *conv_args)
+        values = plan.weight_values
+        extra = {}  # the kernel's keyword arguments after the weight: inputs computed beforehand
         if plan.kernel == "bitserial":
             packed = self.builder_.emit_te(bitpack, codes, plan.act.bits, primfunc_name_hint="bitpack",
                                            primfunc_attrs=PACKING_ATTRS)
-            values = plan.weight_values
             inputs = [packed, relax.const(pack_bits(plan.wgt.encode(values), plan.wgt.bits))]
             kernel = bitserial_conv2d_nhwc if layer.op == "conv2d" else bitserial_dense
             sizes = (channels,)
-            if has_offset(plan.act, plan.wgt):
-                # its own function, so that FuseOps hands it to the kernel as an input its epilogue reads
-                inputs.append(self.builder_.emit_te(self._offset(plan, channels, conv_args), packed,
-                                                    primfunc_name_hint="bitserial_offset"))
+            if gemm_form:
+                kernel = GEMM_FORMS[kernel]
+                extra = self._gemm_terms(plan, inputs, channels, conv_args, window)
+            else:
+                extra = self._bitserial_terms(plan, inputs, channels, conv_args, window)
         else:
             packed = self.builder_.emit_te(partial(subbyte_pack, act=plan.act), codes,
                                            primfunc_name_hint="subbyte_pack", primfunc_attrs=PACKING_ATTRS)
-            values = plan.weight_values
             inputs = [packed, self._subbyte_weight(values, plan.wgt)]
             kernel = subbyte_conv2d_nhwc if layer.op == "conv2d" else subbyte_dense
+            kernel = GEMM_FORMS[kernel] if gemm_form else kernel
             sizes = (channels, layer.weight.shape[0])
             if bias(plan.act):
-                inputs.append(relax.const(weight_offset(values, plan.act)))
-        keys = ["offset"] * (len(inputs) - 2)  # the kernels' keyword for each input after the weight
-        target = tvm.target.Target.current(allow_none=True)
-        if target is not None and target.kind.name == "cuda":
-            kernel = GEMM_FORMS[kernel]
-            if plan.kernel == "bitserial":
-                keys = self._gemm_terms(plan, inputs, channels, conv_args)
+                extra["offset"] = relax.const(weight_offset(values, plan.act))
+        keys = list(extra)
         # emit_te passes only tensors and plain numbers through; bind the rest here
         acc = self.builder_.emit_te(
             lambda data, weight, *rest: kernel(data, weight, *sizes, plan.act, plan.wgt, *conv_args,
                                                **dict(zip(keys, rest))),
-            *inputs,
+            *inputs, *extra.values(),
             primfunc_name_hint=name,
             primfunc_attrs=KERNEL_ATTRS,
         )
@@ -149,6 +151,21 @@ class _Rewriter(PyExprMutator):
         return self.builder_.emit_te(partial(weight_values, wgt=wgt), stored,
                                      primfunc_name_hint=UNPACK, primfunc_attrs=UNPACKING)
 
+    def _bitserial_terms(self, plan: LayerPlan, inputs: list, channels: int, conv_args: tuple,
+                         window: Window | None) -> dict:
+        """The bit-serial kernel's inputs computed beforehand, by keyword: the β term
+        (`bitserial_offset`, its own function, so that FuseOps hands it to the kernel as an input
+        its epilogue reads) and the bipolar conv's border table (`bitserial_border`, a function of
+        the constant weights that FoldConstant folds)."""
+        packed, weight = inputs
+        if has_offset(plan.act, plan.wgt):
+            return {"offset": self.builder_.emit_te(self._offset(plan, channels, conv_args), packed,
+                                                    primfunc_name_hint="bitserial_offset")}
+        if window is not None and reads_border_table(plan.act, plan.wgt, window):
+            return {"border": self.builder_.emit_te(lambda w: border_table(w, channels, window), weight,
+                                                    primfunc_name_hint="bitserial_border")}
+        return {}
+
     @staticmethod
     def _offset(plan: LayerPlan, channels: int, conv_args: tuple):
         if plan.layer.op == "dense":
@@ -156,24 +173,21 @@ class _Rewriter(PyExprMutator):
         kernel_size = plan.layer.weight.shape[1:3]
         return lambda data: window_offset(data, channels, plan.act, plan.wgt, kernel_size, *conv_args)
 
-    def _gemm_terms(self, plan: LayerPlan, inputs: list, channels: int, conv_args: tuple) -> list[str]:
-        """Append to `inputs` the bit-serial GEMM form's per-pixel term (`bitserial_offset`, also
-        for bipolar × bipolar) and weight term (`bitserial_weight_term`, a function of the
-        constant weights that FoldConstant folds), so that the kernel's PrimFunc holds nothing
-        before its GEMM that its epilogue waits for; the keywords that pass them."""
-        keys = ["offset"] * (len(inputs) - 2)
-        if plan.wgt.offset and not keys:
-            inputs.append(self.builder_.emit_te(self._offset(plan, channels, conv_args), inputs[0],
-                                                primfunc_name_hint="bitserial_offset"))
-            keys.append("offset")
+    def _gemm_terms(self, plan: LayerPlan, inputs: list, channels: int, conv_args: tuple,
+                    window: Window | None) -> dict:
+        """The bit-serial GEMM form's per-pixel term (`bitserial_offset`, also for bipolar ×
+        bipolar) and weight term (`bitserial_weight_term`, a function of the constant weights
+        that FoldConstant folds), by keyword, so that the kernel's PrimFunc holds nothing before
+        its GEMM that its epilogue waits for."""
+        packed, weight = inputs
+        terms = {}
+        if plan.wgt.offset:
+            terms["offset"] = self.builder_.emit_te(self._offset(plan, channels, conv_args), packed,
+                                                    primfunc_name_hint="bitserial_offset")
         if plan.act.offset:
-            window = None
-            if plan.layer.op == "conv2d":
-                window = Window.of(plan.layer.data_shape[1:3], plan.layer.weight.shape[1:3], *conv_args)
-            inputs.append(self.builder_.emit_te(lambda weight: weight_sums(weight, plan.act, plan.wgt, window),
-                                                inputs[1], primfunc_name_hint="bitserial_weight_term"))
-            keys.append("weight_term")
-        return keys
+            terms["weight_term"] = self.builder_.emit_te(lambda w: weight_sums(w, plan.act, plan.wgt, window),
+                                                         weight, primfunc_name_hint="bitserial_weight_term")
+        return terms
 
     def _inline(self, func: relax.Function, args: list) -> relax.Expr:
         """The body of a layer function on `args`: its bindings emitted here but the last, whose
