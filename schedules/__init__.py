@@ -27,6 +27,14 @@ def default_rules(target: tvm.target.Target) -> list:
     return [LowBitCPU(), ParallelCPU()]
 
 
+def register_all_intrinsics() -> None:
+    """Register every tensor intrinsic any target's schedules tensorize into: a tuning log's
+    records (traces naming them) deserialize only once they are (about 0.6 s)."""
+    cuda_mma.register()
+    arm_dot.register()
+    vnni.register()
+
+
 def register_intrinsics(target: tvm.target.Target) -> None:
     """Register the tensor intrinsics schedules for `target` may tensorize into: needed before a
     tuning log's schedules (traces naming them) are replayed."""

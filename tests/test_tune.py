@@ -16,7 +16,7 @@ import pytest
 from compiled import run_local
 from onnx_models import dyadic_input, tiny_bnn
 from tvmbits.cli import main
-from tvmbits.tuning_log import RECORDS, TUNED_ON, WORKLOADS
+from tvmbits.tuning_log import CONFIRMED, RECORDS, TUNED_ON, WORKLOADS
 
 
 def records(log_dir):
@@ -83,6 +83,11 @@ def test_killed_run_keeps_its_measurements_and_a_rerun_appends(killed_then_resum
     assert resumed.returncode == 0, resumed.stderr
     assert "tune: " in resumed.stderr and "best" in resumed.stderr  # progress lines
     assert "tune: default schedule of " in resumed.stderr  # measured beside the candidates
+    # then each kernel's default and fastest records re-measured against each other, one chosen
+    tasks = resumed.stderr.count("tune: default schedule of ")
+    assert "tune: confirming" in resumed.stderr
+    assert len(json.loads((log_dir / CONFIRMED).read_text())) == tasks
+    assert resumed.stderr.count(" schedule kept, median ") + resumed.stderr.count(": tuned schedule, median ") == tasks
     after_resume = records(log_dir)
     assert after_resume[: len(after_kill)] == after_kill and len(after_resume) >= len(after_interrupt)
     assert json.loads((log_dir / TUNED_ON).read_text())["cores"] == os.cpu_count()

@@ -3,12 +3,15 @@ file and line; nothing is rewritten), `tune` appends whole lines, and repairs on
 (`--repair`), keeping a backup."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from tvmbits.errors import UserError
 from tvmbits.tuning_log import (
-    RECORDS, WORKLOADS, TuningLogWriter, shipped_log, read_database, read_log, repair,
+    CONFIRMED, RECORDS, WORKLOADS, TuningLogWriter, read_database, read_log, record_json, repair, shipped_log,
+    workload_key, write_confirmed,
 )
 
 BAD_WORKLOADS = ["garbage", '{"a":', "[1,2,3]"]
@@ -47,6 +50,54 @@ def test_a_valid_log_reads_whole(small_log):
     entries = read_log(small_log, said.append)
     assert (len(entries.workloads), len(entries.records), entries.bad, said) == (2, 6, 0, [])
     assert len(read_database(small_log, said.append).get_all_tuning_records()) == 6
+
+
+def test_the_shipped_log_reads_whole_in_a_fresh_process():
+    """Records that tensorize (the sub-byte kernels' VNNI and SDOT schedules) deserialize only
+    with their intrinsics registered; a fresh process reading the log must not drop them."""
+    code = ("from tvmbits.tuning_log import read_log, shipped_log; said = []; "
+            "e = read_log(shipped_log('x86_64'), said.append); print(len(e.records), e.bad, len(said))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) > 0 and out[1:] == ["0", "0"]
+
+
+def _best(database, workload):
+    return database.get_top_k(workload, 1)[0]
+
+
+def test_a_confirmed_choice_replaces_the_workloads_faster_records(small_log):
+    said = []
+    database = read_database(small_log, said.append)
+    workload = database.get_all_tuning_records()[0].workload
+    slowest = database.get_top_k(workload, 3)[-1]
+    slower = record_json(slowest)
+    slower[1] = [1.0]  # a second: slower than every record of the log
+    write_confirmed(small_log, {workload_key(workload): slower}, said.append)
+    confirmed = read_database(small_log, said.append)
+    chosen = [r for r in confirmed.get_all_tuning_records() if workload_key(r.workload) == workload_key(workload)]
+    assert [float(t) for t in chosen[0].run_secs] == [1.0] and len(chosen) == 1
+    assert str(chosen[0].trace) == str(slowest.trace)
+    others = len(database.get_all_tuning_records()) - 3
+    assert len(confirmed.get_all_tuning_records()) == others + 1 and not said
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"123": "not a record"}'])
+def test_a_confirmed_file_that_does_not_read_is_one_warning(small_log, content):
+    (small_log / CONFIRMED).write_text(content)
+    said = []
+    assert len(read_database(small_log, said.append).get_all_tuning_records()) == 6
+    if content.startswith("{\"123"):  # a key no workload has: nothing to say
+        assert not said
+    else:
+        assert len(said) == 1 and str(small_log / CONFIRMED) in said[0], said
+
+
+def test_a_confirmed_record_that_does_not_read_is_skipped_with_a_warning(small_log):
+    said = []
+    workload = read_database(small_log, said.append).get_all_tuning_records()[0].workload
+    (small_log / CONFIRMED).write_text(json.dumps({workload_key(workload): [[], "garbage"]}))
+    assert len(read_database(small_log, said.append).get_all_tuning_records()) == 6
+    assert len(said) == 1 and "does not read" in said[0]
 
 
 def test_reading_skips_bad_lines_with_one_warning_each_and_writes_nothing(small_log):

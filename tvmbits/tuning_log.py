@@ -1,13 +1,17 @@
 """Tuning logs: the MetaSchedule databases `tvmbits tune` writes and `compile` applies.
 
 A tuning log is a folder: MetaSchedule's JSON database (`database_workload.json`,
-`database_tuning_record.json`, one JSON value per line) and `tuned_on.json` (profile, CPU model
-and LLVM's name for it, cores, TVM version of the last run). A record line is
-`[workload index, record]`, the index counting the non-empty lines of the workload file.
+`database_tuning_record.json`, one JSON value per line), `tuned_on.json` (profile, CPU model
+and LLVM's name for it, cores, TVM version of the last run) and `confirmed.json`. A record line
+is `[workload index, record]`, the index counting the non-empty lines of the workload file.
+`confirmed.json` maps a workload's structural hash to the record `tune` chose for it after
+re-measuring its default and its fastest records against each other (`tune._confirm`): the
+record `compile` applies to that workload, whatever the others' single timings say.
 
 Reading never modifies a log: `read_database` (what `compile` applies) loads every line that
 parses and deserializes into a workload or a record into memory and skips any other (a run
-killed mid-write, a hand edit) with one warning naming the file and line. `tune` appends:
+killed mid-write, a hand edit) with one warning naming the file and line (a confirmed choice
+that does not read: one warning, and the workload's fastest record applies). `tune` appends:
 `TuningLogWriter` lets MetaSchedule measure into a private copy of the valid entries and
 appends each batch's new lines to the log with one `write` per file, so an interrupted or
 killed run leaves whole lines and a rerun starts from them. Lines that do not read are kept
@@ -35,10 +39,12 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from tvmbits.errors import TuningLogError
+from tvmbits.schedules import register_all_intrinsics
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 TUNED_ON = "tuned_on.json"
+CONFIRMED = "confirmed.json"
 MODULE_EQUALITY = "structural"
 
 
@@ -96,6 +102,7 @@ def read_log(folder: str | Path, log: Callable[[str], None]) -> LogEntries:
     naming the file and line. Nothing is written."""
     folder = Path(folder)
     check_folder(folder)
+    register_all_intrinsics()  # records that tensorize name them
     entries = LogEntries()
     for number, line, value in _lines(folder / WORKLOADS, log):
         index = entries.workload_lines
@@ -155,15 +162,68 @@ def read_database(folder: str | Path, log: Callable[[str], None]) -> ms.database
     """The tuning log `folder` as an in-memory database (what `compile` applies); the folder is
     only read."""
     entries = read_log(folder, log)
+    confirmed = read_confirmed(folder, log)
     database = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     committed = {index: database.commit_workload(workload.mod) for index, (workload, _) in entries.workloads.items()}
-    for index, record, _ in entries.records:
+    chosen = {}  # workload index → its confirmed record
+    for index, (workload, _) in entries.workloads.items():
+        value = confirmed.get(workload_key(workload))
+        record = None if value is None else _deserialize(lambda: ms.database.TuningRecord.from_json(value, workload))
+        if value is not None and record is None:
+            log(f"warning: {Path(folder) / CONFIRMED}: the choice for workload {index} does not read, skipped")
+        if record is not None:
+            chosen[index] = record
+    records = [(index, record) for index, record, _ in entries.records if index not in chosen]
+    for index, record in [*records, *chosen.items()]:
         database.commit_tuning_record(
             ms.database.TuningRecord(
                 record.trace, committed[index], record.run_secs, record.target, record.args_info
             )
         )
     return database
+
+
+def workload_key(workload: ms.database.Workload) -> str:
+    """A workload's key in `confirmed.json`: its structural hash, as MetaSchedule writes it."""
+    return str(workload.as_json()[0])
+
+
+def record_json(record: ms.database.TuningRecord) -> list:
+    """`record` as the JSON value a line of MetaSchedule's JSON database holds for it (its own
+    serialisation, through a scratch database: the trace's values are TVM objects)."""
+    with tempfile.TemporaryDirectory(prefix="tvmbits-record-") as work:
+        database = ms.database.JSONDatabase(str(Path(work) / WORKLOADS), str(Path(work) / RECORDS),
+                                            module_equality=MODULE_EQUALITY)
+        workload = database.commit_workload(record.workload.mod)
+        database.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, record.run_secs,
+                                                               record.target, record.args_info))
+        line = (Path(work) / RECORDS).read_text().strip().splitlines()[-1]
+    return json.loads(line)[1]
+
+
+def read_confirmed(folder: str | Path, log: Callable[[str], None]) -> dict:
+    """`confirmed.json` of a tuning log: workload key → record JSON ({} when there is none, or
+    with a warning when it does not read)."""
+    path = Path(folder) / CONFIRMED
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log(f"warning: {path}: not a confirmed-choices file ({err}), ignored")
+        return {}
+    if not isinstance(value, dict):
+        log(f"warning: {path}: not a confirmed-choices file (not a JSON object), ignored")
+        return {}
+    return value
+
+
+def write_confirmed(folder: str | Path, choices: dict, log: Callable[[str], None]) -> None:
+    """Merge `choices` (workload key → record JSON) into the log's `confirmed.json`, replacing
+    the file whole (written beside it, then renamed): an interrupted write leaves the old one."""
+    path = Path(folder) / CONFIRMED
+    merged = {**read_confirmed(folder, log), **choices}
+    _replace(path, [json.dumps(merged, separators=(",", ":"))])
 
 
 def repair(folder: str | Path, log: Callable[[str], None]) -> int:
