@@ -2,8 +2,9 @@
 # How tuning_logs/x86_64 is made, on this project's machine kind: a fresh log tuned on the
 # models the benchmarks run (the binarized ResNet-18 example at W1A1; the float ResNet-18 of
 # benchmarks/resnet18.py quantized post-training at W2A2 and W4A4): 300 trials for the
-# binarized model's 12 kernels and 200 for each quantized one's 12, about 16 minutes in all on this
-# project's 2-core machine (each run first measures the default schedules).
+# binarized model's kernels and 200 for each quantized one's, about 14 minutes in all on this
+# project's 2-core machine (each run first measures the default schedules and ends by confirming
+# each kernel's choice against its default: tuning_logs/x86_64/confirmed.json).
 #   bash scripts/tune_x86_64.sh [W1A1_TRIALS=300] [MULTIBIT_TRIALS=200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
