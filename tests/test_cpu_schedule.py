@@ -238,6 +238,20 @@ def test_float_conv2d_is_register_tiled_and_matches_numpy():
     np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("target, tile", [(X86, [1, 1, 2]), (ARM64, [1, 4, 1])], ids=["x86", "arm64"])
+def test_float_conv2d_tile_favours_pixels_on_arm(target, tile):
+    """(rows, columns, channel vectors) of a float conv's register tile on an 8×8 output of 64
+    channels: on Arm (4 vectors) 4 pixels of one vector, each weight vector loaded once for
+    them; elsewhere (this 128-bit x86 target: 2 vectors) the channel vectors first."""
+    data = te.placeholder((1, 8, 8, 3), "float32", "x")
+    weight = te.placeholder((64, 3, 3, 3), "float32", "w")
+    out = topi.nn.conv2d(data, weight, (1, 1), (1, 1, 1, 1), (1, 1), data_layout="NHWC", kernel_layout="OHWI")
+    sch = LowBitCPU().apply(te.create_prim_func([data, weight, out]), target, False)
+    write_back = sch.get_loops(sch.get_sblock("conv2d_nhwc_local"))  # the tile's, lanes innermost
+    assert [int(sch.get(loop).extent) for loop in write_back[-4:-1]] == tile
+    assert tvm.compile(sch.mod, target=target) is not None
+
+
 @pytest.mark.parametrize("shape, parallel", [((40, 70, 9), True), ((4, 4), False)])
 def test_other_functions_run_in_parallel_above_a_size(shape, parallel):
     x = te.placeholder(shape, "float32")
