@@ -40,6 +40,12 @@ ARM_INTRINSICS = (SDOT_16x16, SDOT_16x4, UDOT_16x4, NEON_16x4, NEON_BYTES_16x4)
 # registers: SDOT needs besides them the 4 registers of one weight block and an activation, the
 # NEON schedule also its products and pair sums
 TILE_BUDGET = {SDOT_16x16: 6, SDOT_16x4: 6, UDOT_16x4: 6, NEON_16x4: 4, NEON_BYTES_16x4: 4}
+# Where no tile of two or more pixels fits TILE_BUDGET (a 7×7 output), a 7-pixel tile of 4-channel
+# dot-product steps (`wide_dot_tile`): 28 accumulator registers, the weight block's 4 and a
+# broadcast activation, one register over (LLVM spills one). On the Cortex-A76 model it took
+# ResNet-18's 7×7, 512→512 W4A4 layer from 25.7 M instructions (one pixel, four channel
+# vectors: every SDOT loads its weights) to 13.5 M; where 4-pixel tiles fit, they stay better.
+WIDE_DOT_BUDGET = 7
 
 
 def _dot_impl(instruction: str, weight: str):
@@ -187,6 +193,16 @@ def register() -> None:
 def arm_tile_budget(intrinsic: str) -> int:
     """Accumulator vectors of a conv register tile tensorized with `intrinsic`."""
     return TILE_BUDGET[intrinsic]
+
+
+def wide_dot_tile(intrinsic: str) -> tuple[str, int] | None:
+    """(intrinsic, budget) of the wide tile (`WIDE_DOT_BUDGET`) for a conv tensorized with the
+    dot product `intrinsic`, or None for the NEON schedules, whose products need registers too."""
+    if intrinsic in (SDOT_16x16, SDOT_16x4):
+        return SDOT_16x4, WIDE_DOT_BUDGET
+    if intrinsic == UDOT_16x4:
+        return UDOT_16x4, WIDE_DOT_BUDGET
+    return None
 
 
 def is_aarch64(target: Target) -> bool:

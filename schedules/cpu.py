@@ -25,7 +25,8 @@ after it. Output channels are split into vectors of `LANES`:
   an AArch64 CPU with the dot product, two `smull`, an `addp` and an `sadalp` per 4 channels on
   other AArch64 CPUs (a byte `mul`, an `saddlp` and an `sadalp` where products fit a byte;
   `arm_dot.py`, activations below 128); the Arm tiles favour pixels over channel vectors, so one
-  weight block (4 registers) feeds several pixels; elsewhere the DOT products are
+  weight block (4 registers) feeds several pixels (on outputs where no multi-pixel tile fits,
+  such as 7×7, a wider one: `arm_dot.WIDE_DOT_BUDGET`); elsewhere the DOT products are
   unrolled and the lanes vectorised;
 - dense: the weights are copied the same way (a float matmul's `[K, O]` weight into
   `[O/LANES, K, LANES]` when LANES divides O, else read as it is); the batch and blocks of up to GROUPS channel vectors are fused
@@ -77,7 +78,8 @@ from tvm.target.codegen import target_has_features
 from tvmbits.ops.bitpack import WORD_BITS
 from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT, WEIGHT_MAX
 from tvmbits.schedules import arm_dot, vnni
-from tvmbits.schedules.arm_dot import ARM_INTRINSICS, SDOT_16x4, SDOT_16x16, arm_intrinsic, arm_tile_budget
+from tvmbits.schedules.arm_dot import (ARM_INTRINSICS, SDOT_16x4, SDOT_16x16, arm_intrinsic, arm_tile_budget,
+                                      wide_dot_tile)
 from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
@@ -458,6 +460,11 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     arm = tensorize in ARM_INTRINSICS  # each weight vector is 4 registers: reuse it across pixels
     if arm:
         budget = arm_tile_budget(tensorize)
+        vectors = -(-int(sch.get(channel).extent) // lanes)
+        extents = [int(sch.get(loop).extent) for loop in (y, x)]
+        wide = wide_dot_tile(tensorize)
+        if wide and _register_tile(vectors, *extents, budget, prefer_groups=False)[1:] == (1, 1):
+            tensorize, budget = wide  # a 7×7 output: one pixel would load the weights for every SDOT
     outer, group, lane, y_outer, row, x_outer, pixel, sizes = _split_tile(
         sch, channel, y, x, lanes, budget, tunable, prefer_groups=not (arm or pixels_first), fixed_groups=fixed_groups
     )

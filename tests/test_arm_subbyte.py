@@ -17,9 +17,11 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
+import tvm
+from tvm import te
 from arm_kernels import Case, run_on_board
 from conv_cases import BIPOLAR, CONVS, DENSES, pair_id, pairs
-from lowbit_kernels import random_codes
+from lowbit_kernels import kernel_te, pack_weight, random_codes
 from onnx import helper
 from onnx_models import make_model
 
@@ -28,6 +30,7 @@ from tvmbits.ops import reference
 from tvmbits.ops.encoding import Encoding
 from tvmbits.schedules.arm_dot import NEON_16x4, NEON_BYTES_16x4, SDOT_16x4, UDOT_16x4, arm_intrinsic
 from tvmbits.schedules.byte_dot import byte_dot
+from tvmbits.schedules.cpu import LowBitCPU
 from tvmbits.targets.profile import load
 
 OBJDUMP = "aarch64-linux-gnu-objdump"
@@ -43,6 +46,8 @@ MAIN = [BIPOLAR, Encoding("unsigned", 3), S4, Encoding("unsigned", 5), Encoding(
 # output channels in multiples of 16 (the tensorized blocks), odd channel counts and paddings
 CONV_GRID = [replace(CONVS[i], out_channels=o) for i, o in ((1, 16), (2, 32), (4, 16), (7, 48))]
 WIDE = replace(CONVS[5], out_channels=32)  # 64 input channels: SDOT 16 channels at a time
+# a 7×7 output: no tile of 2–6 pixels divides it, so the dot-product tile is 7 pixels wide
+SEVEN = replace(CONVS[1], batch=1, size=(7, 7), channels=64, out_channels=32)
 
 
 def conv_case(conv, act, wgt, seed) -> Case:
@@ -76,6 +81,7 @@ def default_cases() -> list[Case]:
     one dense layer and the extreme values; the first grid conv's pairs are under -m slow."""
     cases = [conv_case(WIDE, *pair, seed=zlib.crc32(f"{WIDE}{pair_id(pair)}".encode())) for pair in PAIRS]
     cases += [dense_case((3, 70, 32), *PAIRS[1], seed=11)]
+    cases += [conv_case(SEVEN, *pair, seed=13) for pair in [(U4, S4), (Encoding("signed", 6), U8)]]  # SDOT, UDOT
     return cases + [extreme_case(), extreme_case(S4, S4)]
 
 
@@ -134,6 +140,23 @@ def test_sdot_by_element_on_16_channel_steps():
     asm = conv_case(WIDE, U4, S4, seed=0).module(load("rpi5").tvm_target()).mod.inspect_source("asm")
     by_element = re.findall(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[([0-3])\]", asm, re.M)
     assert set(by_element) == {"0", "1", "2", "3"} and not re.search(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.16b$", asm, re.M)
+
+
+@pytest.mark.parametrize("size, tile", [(7, [1, 7, 1]), (8, [1, 4, 1])])
+def test_dot_product_tile_is_seven_pixels_where_no_smaller_one_fits(size, tile):
+    """(rows, columns, channel vectors) of the rpi5 register tile of a 64→32 conv: 4 pixels of 16
+    input channels a step on an 8×8 output, 7 pixels of 4 channels a step on a 7×7 one (where
+    the 6-vector budget would leave one pixel, every SDOT loading its own weights)."""
+    conv = replace(SEVEN, size=(size, size))
+    codes = te.placeholder((1, size, size, 64), "int32", "codes")
+    weight = te.placeholder(pack_weight("subbyte", np.zeros((32, 3, 3, 64), int), S4).shape, "int8", "weight")
+    out = kernel_te("subbyte", codes, weight, None, 64, 32, U4, S4, (conv.strides, conv.padding))
+    sch = LowBitCPU().apply(te.create_prim_func([codes, weight, out]), load("rpi5").tvm_target(), False)
+    write_back = sch.get_loops(sch.get_sblock("subbyte_conv2d_local"))
+    assert [int(sch.get(loop).extent) for loop in write_back[-4:-1]] == tile
+    asm = tvm.compile(sch.mod, target=load("rpi5").tvm_target()).mod.inspect_source("asm")
+    by_element = re.search(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[", asm, re.M)
+    assert bool(by_element) == (size == 8)  # 16 channels a step: SDOT by element
 
 
 @pytest.mark.skipif(shutil.which(OBJDUMP) is None, reason=f"{OBJDUMP} is not installed (scripts/setup.sh)")
