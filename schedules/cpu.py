@@ -38,7 +38,8 @@ after it. Output channels are split into vectors of `LANES`:
 - the accumulators live in a "local" buffer (a stack array, `passes/tiles_on_stack.py`, so
   that LLVM keeps it in registers), initialised before the reduction loops; the
   innermost reduction loop (packed words, or channels) is unrolled, in chunks of `UNROLL`
-  (`tvmbits tune` samples the chunk: a divisor of the loop up to 2·UNROLL);
+  (`arm_dot.DOT_UNROLL` for the Arm dot products; `tvmbits tune` samples the chunk: a divisor
+  of the loop up to 2·UNROLL);
 - the epilogues are inlined into the accumulators' write-back, which runs a channel vector at a
   time, so the accumulation never goes to memory; an epilogue that cannot be inlined (one
   reading a table the function computes, as a bipolar conv built without its `border` does)
@@ -431,7 +432,7 @@ def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, ten
         steps = sch.sample_perfect_tile(reduction[-1], n=2, max_innermost_factor=MAX_TUNED_STEP)
         sch.unroll(sch.split(reduction[-1], factors=steps)[1])
     else:
-        _unroll(sch, reduction[-1])
+        _unroll(sch, reduction[-1], arm_dot.DOT_UNROLL if arm_dot.is_dot_product(tensorize) else UNROLL)
 
 
 def _dot_intrinsic(sch: s_tir.Schedule, kernel, target: Target) -> str | None:
@@ -623,8 +624,9 @@ def _parallelize(sch: s_tir.Schedule, block, keep_inner: bool = False) -> None:
     sch.parallel(sch.fuse(*loops[:spatial]))
 
 
-def _unroll(sch: s_tir.Schedule, loop) -> None:
+def _unroll(sch: s_tir.Schedule, loop, chunk: int = UNROLL) -> None:
+    """Unroll `loop`, in chunks of `chunk` iterations where it is longer."""
     extent = sch.get(loop).extent
-    if isinstance(extent, tirx.IntImm) and extent.value > UNROLL:
-        _, loop = sch.split(loop, factors=[None, UNROLL])
+    if isinstance(extent, tirx.IntImm) and extent.value > chunk:
+        _, loop = sch.split(loop, factors=[None, chunk])
     sch.unroll(loop)

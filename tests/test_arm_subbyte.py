@@ -159,6 +159,18 @@ def test_dot_product_tile_is_seven_pixels_where_no_smaller_one_fits(size, tile):
     assert bool(by_element) == (size == 8)  # 16 channels a step: SDOT by element
 
 
+def test_dot_product_kernel_unrolls_four_steps():
+    """128 input channels (8 steps of 16 on rpi5): 4 unrolled together (`arm_dot.DOT_UNROLL`),
+    inside a loop of 2; with 8 at once LLVM spilled accumulators."""
+    weight = te.placeholder(pack_weight("subbyte", np.zeros((32, 3, 3, 128), int), S4).shape, "int8", "weight")
+    codes = te.placeholder((1, 8, 8, 128), "int32", "codes")
+    out = kernel_te("subbyte", codes, weight, None, 128, 32, U4, S4, ((1, 1), (1, 1, 1, 1)))
+    sch = LowBitCPU().apply(te.create_prim_func([codes, weight, out]), load("rpi5").tvm_target(), False)
+    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("subbyte_conv2d_update_o"))]
+    kinds = [(int(loop.extent), loop.kind) for loop in loops[3:5]]  # after the parallel loop and the taps
+    assert kinds == [(2, tvm.tirx.ForKind.SERIAL), (4, tvm.tirx.ForKind.UNROLLED)]
+
+
 @pytest.mark.skipif(shutil.which(OBJDUMP) is None, reason=f"{OBJDUMP} is not installed (scripts/setup.sh)")
 @pytest.mark.parametrize("profile", ["rpi5", "rpi4"])
 def test_model_subbyte_kernels_disassembly(tmp_path, profile):
