@@ -44,7 +44,8 @@ TILE_BUDGET = {SDOT_16x16: 6, SDOT_16x4: 6, UDOT_16x4: 6, NEON_16x4: 4, NEON_BYT
 # dot-product steps (`wide_dot_tile`): 28 accumulator registers, the weight block's 4 and a
 # broadcast activation, one register over (LLVM spills one). On the Cortex-A76 model it took
 # ResNet-18's 7×7, 512→512 W4A4 layer from 25.7 M instructions (one pixel, four channel
-# vectors: every SDOT loads its weights) to 13.5 M; where 4-pixel tiles fit, they stay better.
+# vectors: every SDOT loads its weights) to 13.5 M (13.3 with DOT_UNROLL); where 4-pixel tiles
+# fit, they stay better. Only where the wider budget does give a multi-pixel tile.
 WIDE_DOT_BUDGET = 7
 # Reduction steps a dot-product kernel unrolls together (`cpu.UNROLL` elsewhere): with 8, LLVM
 # hoists the later steps' loads and spills accumulators (ResNet-18's 28×28, 128→128 W4A4 layer on

@@ -41,9 +41,8 @@ after it. Output channels are split into vectors of `LANES`:
   (`arm_dot.DOT_UNROLL` for the Arm dot products; `tvmbits tune` samples the chunk: a divisor
   of the loop up to 2·UNROLL);
 - the epilogues are inlined into the accumulators' write-back, which runs a channel vector at a
-  time, so the accumulation never goes to memory; an epilogue that cannot be inlined (one
-  reading a table the function computes, as a bipolar conv built without its `border` does)
-  stays a parallel loop nest of its own;
+  time, so the accumulation never goes to memory; an epilogue that cannot be inlined stays a
+  parallel loop nest of its own;
 - the packing of the kernel's result for the next low-bit layer, where `FusePacking` put it into
   the function: each parallel tile of the kernel also packs the pixels it wrote, while they are
   in cache (the packing's loops tiled the same way and merged into the tiles' loop, the binarize
@@ -464,7 +463,9 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
         vectors = -(-int(sch.get(channel).extent) // lanes)
         extents = [int(sch.get(loop).extent) for loop in (y, x)]
         wide = wide_dot_tile(tensorize)
-        if wide and _register_tile(vectors, *extents, budget, prefer_groups=False)[1:] == (1, 1):
+        pixels = lambda tile: tile[1] * tile[2]  # noqa: E731
+        if wide and pixels(_register_tile(vectors, *extents, budget, prefer_groups=False)) == 1 and \
+                pixels(_register_tile(vectors, *extents, wide[1], prefer_groups=False)) > 1:
             tensorize, budget = wide  # a 7×7 output: one pixel would load the weights for every SDOT
     outer, group, lane, y_outer, row, x_outer, pixel, sizes = _split_tile(
         sch, channel, y, x, lanes, budget, tunable, prefer_groups=not (arm or pixels_first), fixed_groups=fixed_groups
@@ -499,10 +500,10 @@ def _split_tile(sch: s_tir.Schedule, channel, y, x, lanes: int, budget: int, tun
     vectors, lane = sch.split(channel, factors=[None, lanes])
     extents = [int(sch.get(loop).extent) for loop in (vectors, y, x)]
     groups, rows, pixels = _register_tile(*extents, budget, prefer_groups=prefer_groups)
-    if tunable:  # around the default: up to GROUPS vectors, its rows or one, up to 4 columns
+    if tunable:  # around the default: up to GROUPS vectors, its rows or one, up to 4 columns or its own
         if not fixed_groups:
             groups = sch.sample_perfect_tile(vectors, n=2, max_innermost_factor=min(GROUPS, budget))[1]
-        columns = min(MAX_PIXELS // rows, TUNED_COLUMNS, budget)
+        columns = min(MAX_PIXELS // rows, max(TUNED_COLUMNS, pixels), budget)
         pixels = sch.sample_perfect_tile(x, n=2, max_innermost_factor=columns)[1]
         rows = sch.sample_categorical([1, rows], [0.5, 0.5]) if rows > 1 else 1
     outer, group = sch.split(vectors, factors=[None, groups])

@@ -142,11 +142,12 @@ def test_sdot_by_element_on_16_channel_steps():
     assert set(by_element) == {"0", "1", "2", "3"} and not re.search(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.16b$", asm, re.M)
 
 
-@pytest.mark.parametrize("size, tile", [(7, [1, 7, 1]), (8, [1, 4, 1])])
+@pytest.mark.parametrize("size, tile", [(7, [1, 7, 1]), (8, [1, 4, 1]), (13, [1, 1, 2])])
 def test_dot_product_tile_is_seven_pixels_where_no_smaller_one_fits(size, tile):
     """(rows, columns, channel vectors) of the rpi5 register tile of a 64→32 conv: 4 pixels of 16
     input channels a step on an 8×8 output, 7 pixels of 4 channels a step on a 7×7 one (where
-    the 6-vector budget would leave one pixel, every SDOT loading its own weights)."""
+    the 6-vector budget would leave one pixel, every SDOT loading its own weights); on 13×13 no
+    tile of 2–7 pixels divides the output, and the 16-channel steps stay."""
     conv = replace(SEVEN, size=(size, size))
     codes = te.placeholder((1, size, size, 64), "int32", "codes")
     weight = te.placeholder(pack_weight("subbyte", np.zeros((32, 3, 3, 64), int), S4).shape, "int8", "weight")
@@ -156,7 +157,7 @@ def test_dot_product_tile_is_seven_pixels_where_no_smaller_one_fits(size, tile):
     assert [int(sch.get(loop).extent) for loop in write_back[-4:-1]] == tile
     asm = tvm.compile(sch.mod, target=load("rpi5").tvm_target()).mod.inspect_source("asm")
     by_element = re.search(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[", asm, re.M)
-    assert bool(by_element) == (size == 8)  # 16 channels a step: SDOT by element
+    assert bool(by_element) == (size != 7)  # 16 channels a step: SDOT by element
 
 
 def test_dot_product_kernel_unrolls_four_steps():

@@ -16,6 +16,7 @@ import pytest
 from compiled import run_local
 from onnx_models import dyadic_input, tiny_bnn
 from tvmbits.cli import main
+from tvmbits.tune import _choose
 from tvmbits.tuning_log import CONFIRMED, RECORDS, TUNED_ON, WORKLOADS
 
 
@@ -135,3 +136,14 @@ def test_tune_errors_are_one_line(model_file, tmp_path, capsys):
         f"tvmbits: error: {tmp_path / 'absent'}: no such tuning log folder",
     ]
     assert not (tmp_path / "l" / WORKLOADS).exists()
+
+
+@pytest.mark.parametrize("times, default, chosen", [
+    ({0: [3, 3, 3, 3, 3], 1: [2, 9, 2, 9, 2]}, 0, 1),  # the lowest median, not the lowest mean
+    ({0: [2, 2, 2, 2, 2], 1: [2, 2, 2, 2, 2]}, 0, 0),  # a tie keeps the default
+    ({0: [2, 2, 2, 2, 2], 1: [2, 2, 2, 2, 2]}, 1, 1),
+    ({0: [5, 5, 5], 1: [1, 1]}, 0, 0),  # timed in too few rounds: not chosen
+    ({0: [1], 1: []}, None, None),  # nothing timed in enough rounds: no choice
+])
+def test_confirmation_takes_the_lowest_median_of_enough_rounds(times, default, chosen):
+    assert _choose(times, default) == chosen

@@ -3,6 +3,7 @@ file and line; nothing is rewritten), `tune` appends whole lines, and repairs on
 (`--repair`), keeping a backup."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -81,15 +82,32 @@ def test_a_confirmed_choice_replaces_the_workloads_faster_records(small_log):
     assert len(confirmed.get_all_tuning_records()) == others + 1 and not said
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"123": "not a record"}'])
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
 def test_a_confirmed_file_that_does_not_read_is_one_warning(small_log, content):
     (small_log / CONFIRMED).write_text(content)
     said = []
     assert len(read_database(small_log, said.append).get_all_tuning_records()) == 6
-    if content.startswith("{\"123"):  # a key no workload has: nothing to say
-        assert not said
-    else:
-        assert len(said) == 1 and str(small_log / CONFIRMED) in said[0], said
+    assert len(said) == 1 and str(small_log / CONFIRMED) in said[0], said
+
+
+def test_a_choice_for_a_workload_the_log_lacks_is_ignored(small_log):
+    (small_log / CONFIRMED).write_text('{"123": "not a record"}')  # e.g. a model tuned into another log
+    said = []
+    assert len(read_database(small_log, said.append).get_all_tuning_records()) == 6 and not said
+
+
+def test_a_failed_confirmed_write_keeps_the_old_file_and_leaves_no_partial(small_log, monkeypatch):
+    write_confirmed(small_log, {"1": [1]}, print)
+    before = (small_log / CONFIRMED).read_text()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", full)
+    with pytest.raises(UserError, match="confirmed.json: cannot write it"):
+        write_confirmed(small_log, {"2": [2]}, print)
+    assert (small_log / CONFIRMED).read_text() == before
+    assert not list(small_log.glob("*.partial"))
 
 
 def test_a_confirmed_record_that_does_not_read_is_skipped_with_a_warning(small_log):

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import random
 import signal
 import statistics
 import sys
@@ -51,6 +52,7 @@ SEARCH = dict(population_size=64, init_min_unmeasured=1, max_fail_count=2, genet
 BUILD_TIMEOUT = 60.0  # seconds for one candidate's build
 CONFIRM_TOP = 3  # the fastest records of each task re-measured against its default
 CONFIRM_ROUNDS = 5  # rounds of that re-measurement, each timing every candidate once
+CONFIRM_MIN_ROUNDS = 3  # a candidate timed in fewer (its runs failed) is not chosen
 
 
 def tune_model(
@@ -135,7 +137,8 @@ def tune_model(
             )
             _stop_if(interrupted)
             if not cuda:
-                choices = _confirm(tasks, defaults, target, builder, runner, database, log, interrupted)
+                confirmed = tuning_log.read_confirmed(log_dir, log)
+                choices = _confirm(tasks, defaults, target, builder, runner, database, confirmed, log, interrupted)
                 tuning_log.write_confirmed(log_dir, choices, log)
         except Exception:
             if interrupted:  # MetaSchedule's C++ turns a KeyboardInterrupt into another error
@@ -213,61 +216,82 @@ def _measure_defaults(tasks: list, target: tvm.target.Target, builder: ms.builde
 
 
 def _confirm(tasks: list, defaults: dict, target: tvm.target.Target, builder: ms.builder.Builder,
-             runner: ms.runner.Runner, database: ms.database.Database, log: Callable[[str], None],
-             interrupted: list) -> dict:
-    """Each task's default schedule and its CONFIRM_TOP fastest records, re-measured in
-    CONFIRM_ROUNDS rounds that each time every candidate of every task once (in a rotated
-    order): the candidate with the lowest median, by workload key (`tuning_log.CONFIRMED`),
-    its record holding the rounds' times. The search times each candidate once, and on a
-    machine whose speed drifts the fastest of hundreds of single timings is mostly the
-    luckiest: a fresh 200-trial log ran slower than the default schedules (benchmarks/tuning.md).
-    Stops (KeyboardInterrupt) between rounds once `interrupted`, choosing nothing."""
-    candidates = []  # (task index, record)
+             runner: ms.runner.Runner, database: ms.database.Database, confirmed: dict,
+             log: Callable[[str], None], interrupted: list) -> dict:
+    """Each task's default schedule, its current confirmed choice (`confirmed`: workload key →
+    record JSON) and its CONFIRM_TOP fastest records, re-measured in CONFIRM_ROUNDS rounds that
+    each time every candidate of every task once, in a shuffled order: the task's choice
+    (`_choose`), by workload key (`tuning_log.CONFIRMED`), its record holding the rounds' times.
+    The search times each candidate once, and on a machine whose speed drifts the fastest of
+    hundreds of single timings is mostly the luckiest: a fresh 200-trial log ran slower than the
+    default schedules (benchmarks/tuning.md). A task none of whose candidates is timed in enough
+    rounds keeps its choice, with a warning. Stops (KeyboardInterrupt) before the builds and
+    between rounds once `interrupted`, choosing nothing."""
+    candidates = []  # (task index, record, measure candidate)
     for index, task in enumerate(tasks):
         workload = database.commit_workload(task.dispatched[0])
+        previous = tuning_log.confirmed_record(confirmed, workload)
         seen = set()
-        for record in [defaults.get(index), *database.get_top_k(workload, CONFIRM_TOP)]:
+        for record in [defaults.get(index), previous, *database.get_top_k(workload, CONFIRM_TOP)]:
             key = None if record is None else str(record.trace.as_json())
-            if key is not None and key not in seen:
-                seen.add(key)
-                candidates.append((index, record))
-    schedules = [record.as_measure_candidate() for _, record in candidates]
-    built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for c in schedules])
-    ready = [(i, result) for i, result in enumerate(built) if result.error_msg is None]
-    times: dict[int, list[float]] = {i: [] for i, _ in ready}
-    log(f"tune: confirming {len(ready)} schedules of {len(tasks)} kernels in {CONFIRM_ROUNDS} rounds")
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            try:
+                candidates.append((index, record, record.as_measure_candidate()))
+            except Exception as err:  # a trace that no longer replays on this workload
+                log(f"tune: {task.task_name}: a recorded schedule does not replay, skipped ({_last_line(str(err))})")
+    _stop_if(interrupted)
+    log(f"tune: confirming: building {len(candidates)} schedules of {len(tasks)} kernels")
+    built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for _, _, c in candidates])
+    ready = [i for i, result in enumerate(built) if result.error_msg is None]
+    times: dict[int, list[float]] = {i: [] for i in ready}
+    shuffle = random.Random(0)
     try:
         for round_ in range(CONFIRM_ROUNDS):
             _stop_if(interrupted)
             log(f"tune: confirming, round {round_ + 1}/{CONFIRM_ROUNDS}")
-            order = ready[round_ % len(ready):] + ready[:round_ % len(ready)] if ready else []
-            futures = runner.run([ms.runner.RunnerInput(result.artifact_path, "cpu", schedules[i].args_info)
-                                  for i, result in order])
-            for (i, _), future in zip(order, futures):
+            order = shuffle.sample(ready, len(ready))
+            futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, "cpu", candidates[i][2].args_info)
+                                  for i in order])
+            for i, future in zip(order, futures):
                 result = future.result()
                 if not result.error_msg and result.run_secs:
                     times[i].append(_mean_seconds(result.run_secs))
     finally:
-        for _, result in ready:
-            remove_build_dir(result.artifact_path)
+        for result in built:
+            if result.error_msg is None:
+                remove_build_dir(result.artifact_path)
     choices = {}
     for index, task in enumerate(tasks):
-        timed = [(statistics.median(times[i]), i) for i, (task_index, _) in enumerate(candidates)
-                 if task_index == index and len(times.get(i, ())) == CONFIRM_ROUNDS]
-        if not timed:
+        own = [i for i, (task_index, _, _) in enumerate(candidates) if task_index == index]
+        default = next((i for i in own if candidates[i][1] is defaults.get(index)), None)
+        best = _choose({i: times.get(i, []) for i in own}, default)
+        if best is None:
+            log(f"tune: warning: {task.task_name}: no schedule timed in {CONFIRM_MIN_ROUNDS} rounds; "
+                "its choice is unchanged")
             continue
-        median, best = min(timed)  # the default first among equals: it comes first
         record = candidates[best][1]
-        default = next((m for m, i in timed if candidates[i][1] is defaults.get(index)), None)
         workload = database.commit_workload(task.dispatched[0])
-        confirmed = ms.database.TuningRecord(record.trace, workload, times[best], target, record.args_info)
-        choices[tuning_log.workload_key(workload)] = tuning_log.record_json(confirmed)
-        if record is defaults.get(index):
+        chosen = ms.database.TuningRecord(record.trace, workload, times[best], target, record.args_info)
+        choices[tuning_log.workload_key(workload)] = tuning_log.record_json(chosen)
+        median = statistics.median(times[best])
+        if best == default:
             log(f"tune: {task.task_name}: default schedule kept, median {median * 1e3:.4f} ms")
-        else:
-            versus = f" (default {default * 1e3:.4f} ms)" if default is not None else ""
-            log(f"tune: {task.task_name}: tuned schedule, median {median * 1e3:.4f} ms{versus}")
+            continue
+        versus = "default not timed" if default is None or len(times.get(default, [])) < CONFIRM_MIN_ROUNDS \
+            else f"default {statistics.median(times[default]) * 1e3:.4f} ms"
+        log(f"tune: {task.task_name}: tuned schedule, median {median * 1e3:.4f} ms ({versus})")
     return choices
+
+
+def _choose(times: dict[int, list[float]], default: int | None) -> int | None:
+    """The candidate with the lowest median time among those timed in at least
+    CONFIRM_MIN_ROUNDS rounds, `default` on a tie; None when there is none."""
+    timed = {i: statistics.median(t) for i, t in times.items() if len(t) >= CONFIRM_MIN_ROUNDS}
+    if not timed:
+        return None
+    return min(timed, key=lambda i: (timed[i], i != default))
 
 
 def _mean_seconds(run_secs) -> float:

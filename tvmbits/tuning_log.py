@@ -5,8 +5,9 @@ A tuning log is a folder: MetaSchedule's JSON database (`database_workload.json`
 and LLVM's name for it, cores, TVM version of the last run) and `confirmed.json`. A record line
 is `[workload index, record]`, the index counting the non-empty lines of the workload file.
 `confirmed.json` maps a workload's structural hash to the record `tune` chose for it after
-re-measuring its default and its fastest records against each other (`tune._confirm`): the
-record `compile` applies to that workload, whatever the others' single timings say.
+re-measuring its default, its previous choice and its fastest records against each other
+(`tune._confirm`): the record `compile` applies to that workload, whatever the others' single
+timings say, until a later run confirms another (a run interrupted before that keeps it).
 
 Reading never modifies a log: `read_database` (what `compile` applies) loads every line that
 parses and deserializes into a workload or a record into memory and skips any other (a run
@@ -167,9 +168,8 @@ def read_database(folder: str | Path, log: Callable[[str], None]) -> ms.database
     committed = {index: database.commit_workload(workload.mod) for index, (workload, _) in entries.workloads.items()}
     chosen = {}  # workload index → its confirmed record
     for index, (workload, _) in entries.workloads.items():
-        value = confirmed.get(workload_key(workload))
-        record = None if value is None else _deserialize(lambda: ms.database.TuningRecord.from_json(value, workload))
-        if value is not None and record is None:
+        record = confirmed_record(confirmed, workload)
+        if workload_key(workload) in confirmed and record is None:
             log(f"warning: {Path(folder) / CONFIRMED}: the choice for workload {index} does not read, skipped")
         if record is not None:
             chosen[index] = record
@@ -199,6 +199,13 @@ def record_json(record: ms.database.TuningRecord) -> list:
                                                                record.target, record.args_info))
         line = (Path(work) / RECORDS).read_text().strip().splitlines()[-1]
     return json.loads(line)[1]
+
+
+def confirmed_record(confirmed: dict, workload: ms.database.Workload) -> ms.database.TuningRecord | None:
+    """The record `confirmed` (`read_confirmed`) holds for `workload`; None when it holds none or
+    one that does not deserialize."""
+    value = confirmed.get(workload_key(workload))
+    return None if value is None else _deserialize(lambda: ms.database.TuningRecord.from_json(value, workload))
 
 
 def read_confirmed(folder: str | Path, log: Callable[[str], None]) -> dict:
@@ -251,9 +258,15 @@ def _renumbered(line: str, index: int) -> str:
 
 
 def _replace(path: Path, lines: list[str]) -> None:
+    """Replace `path` with `lines`, written beside it and renamed: a failed write leaves the old
+    file and no partial one."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(line + "\n" for line in lines))
-    partial.replace(path)
+    try:
+        partial.write_text("".join(line + "\n" for line in lines))
+        partial.replace(path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise TuningLogError(f"{path}: cannot write it ({err.strerror or err})") from None
 
 
 class TuningLogWriter:

@@ -64,7 +64,7 @@ def bitserial_conv2d_nhwc(
         Used only for bipolar weights with multi-bit activations.
     border : te.Tensor, optional
         `border_table` of the same weights and window, computed beforehand (the compiler folds it
-        into a constant); computed here when None. Used only where `reads_border_table`.
+        into a constant); required where `reads_border_table`, unused elsewhere.
 
     Returns
     -------
@@ -81,6 +81,8 @@ def bitserial_conv2d_nhwc(
     kx = te.reduce_axis((0, kernel_w), "kx")
     word = te.reduce_axis((0, words(in_channels)), "word")
     bipolar = is_bipolar_pair(act, wgt)
+    if reads_border_table(act, wgt, window) and border is None:
+        raise ValueError("a bipolar conv over a padded input needs its border table (`border_table`)")
     padded = any(padding) and (reads_border_table(act, wgt, window) if bipolar else not act.offset)
     read = window.padded() if padded else window
     source = pad_packed(data, padding) if padded else data
@@ -99,8 +101,7 @@ def bitserial_conv2d_nhwc(
 
     out = te.compute((batch, *window.out_size, out_channels), output, name="bitserial_conv2d")
     if bipolar and padded:
-        table = border if border is not None else border_table(weight, in_channels, window)
-        return bipolar_dot(out, lambda n, y, x, o: table[window.border_class(y, 0), window.border_class(x, 1), o])
+        return bipolar_dot(out, lambda n, y, x, o: border[window.border_class(y, 0), window.border_class(x, 1), o])
     if bipolar:
         return bipolar_dot(out, lambda n, y, x, o: in_channels * window.taps_inside(y, x))
     if not has_offset(act, wgt):

@@ -6,8 +6,10 @@ low-bit, `y = layer(x)` holding `conv2d(x, W)` (NHWC/OHWI) or `matmul(x, W)`, be
     codes  = binarize(z) | quantize(x, act_scale, act_zero_point)  # Sign(z) feeding it absorbed
     packed = bitpack(codes) | subbyte_pack(codes)
     W      = W_packed | subbyte_unpack_weight(W_packed)  # the latter for ≤ 4-bit sub-byte weights
-    acc    = <kernel>(packed, W[, offset])  # int32; W packed here (and the sub-byte
-                                            # kernels' weight_offset summed)
+    acc    = <kernel>(packed, W[, offset | border])  # int32; W packed here; offset: the
+                                            # sub-byte weight_offset or the bit-serial β term;
+                                            # border: a padded bipolar conv's border_table(W),
+                                            # its own call on the constant, folded at compile time
              − act_zero_point · Σ W            # only for a zero point; per position and channel
     y      = float32(acc) · (act_scale · weight_scale)  # per output channel, last axis
 
