@@ -73,7 +73,7 @@ def test_a_confirmed_choice_replaces_the_workloads_faster_records(small_log):
     slowest = database.get_top_k(workload, 3)[-1]
     slower = record_json(slowest)
     slower[1] = [1.0]  # a second: slower than every record of the log
-    write_confirmed(small_log, {workload_key(workload): slower}, said.append)
+    write_confirmed(small_log, {workload_key(workload): slower})
     confirmed = read_database(small_log, said.append)
     chosen = [r for r in confirmed.get_all_tuning_records() if workload_key(r.workload) == workload_key(workload)]
     assert [float(t) for t in chosen[0].run_secs] == [1.0] and len(chosen) == 1
@@ -97,7 +97,7 @@ def test_a_choice_for_a_workload_the_log_lacks_is_ignored(small_log):
 
 
 def test_a_failed_confirmed_write_keeps_the_old_file_and_leaves_no_partial(small_log, monkeypatch):
-    write_confirmed(small_log, {"1": [1]}, print)
+    write_confirmed(small_log, {"1": [1]})
     before = (small_log / CONFIRMED).read_text()
 
     def full(*args, **kwargs):
@@ -105,7 +105,7 @@ def test_a_failed_confirmed_write_keeps_the_old_file_and_leaves_no_partial(small
 
     monkeypatch.setattr(Path, "replace", full)
     with pytest.raises(UserError, match="confirmed.json: cannot write it"):
-        write_confirmed(small_log, {"2": [2]}, print)
+        write_confirmed(small_log, {"2": [2]})
     assert (small_log / CONFIRMED).read_text() == before
     assert not list(small_log.glob("*.partial"))
 

@@ -9,9 +9,9 @@ evolutionary search with the XGBoost cost model, measured on this machine, on on
 (`--rpc`, a `tvmbits board serve`) or on boards from a TVM tracker, and recorded in a tuning log
 (`tuning_log.py`) as each measurement finishes. On CPU targets each run first measures and
 records every task's default schedule, which a compile then weighs against the tuned ones;
-once the search has ended, each task's default and its fastest records are re-measured against
-each other in alternating rounds, and the one with the lowest median is the task's confirmed
-choice (`tuning_log.CONFIRMED`), which a compile applies.
+once the search has ended, each task's default, its previous choice and its fastest records
+are re-measured against each other in rounds over all tasks, and the one with the lowest median
+is the task's confirmed choice (`tuning_log.CONFIRMED`), which a compile applies.
 """
 
 import contextlib
@@ -139,7 +139,7 @@ def tune_model(
             if not cuda:
                 confirmed = tuning_log.read_confirmed(log_dir, log)
                 choices = _confirm(tasks, defaults, target, builder, runner, database, confirmed, log, interrupted)
-                tuning_log.write_confirmed(log_dir, choices, log)
+                tuning_log.write_confirmed(log_dir, {**confirmed, **choices})
         except Exception:
             if interrupted:  # MetaSchedule's C++ turns a KeyboardInterrupt into another error
                 raise KeyboardInterrupt from None
@@ -195,14 +195,15 @@ def _measure_defaults(tasks: list, target: tvm.target.Target, builder: ms.builde
         schedule_lowbit(sch, target)
         schedules.append(sch)
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for sch in schedules])
-    measured = [(task, sch, result) for task, sch, result in zip(tasks, schedules, built) if result.error_msg is None]
-    args = [ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, sch, _ in measured]
+    measured = [(index, task, sch, result) for index, (task, sch, result) in enumerate(zip(tasks, schedules, built))
+                if result.error_msg is None]
+    args = [ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, _, sch, _ in measured]
     futures = runner.run([
         ms.runner.RunnerInput(result.artifact_path, "cpu", info)
-        for (_, _, result), info in zip(measured, args)
+        for (_, _, _, result), info in zip(measured, args)
     ])
     defaults = {}
-    for (task, sch, built_result), info, future in zip(measured, args, futures):
+    for (index, task, sch, built_result), info, future in zip(measured, args, futures):
         result = future.result()
         remove_build_dir(built_result.artifact_path)
         if result.error_msg or not result.run_secs:
@@ -210,7 +211,7 @@ def _measure_defaults(tasks: list, target: tvm.target.Target, builder: ms.builde
         workload = database.commit_workload(task.dispatched[0])
         record = ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, info)
         database.commit_tuning_record(record)
-        defaults[tasks.index(task)] = record
+        defaults[index] = record
         log(f"tune: default schedule of {task.task_name}: {_mean_seconds(result.run_secs) * 1e3:.4f} ms")
     return defaults
 
@@ -227,16 +228,17 @@ def _confirm(tasks: list, defaults: dict, target: tvm.target.Target, builder: ms
     default schedules (benchmarks/tuning.md). A task none of whose candidates is timed in enough
     rounds keeps its choice, with a warning. Stops (KeyboardInterrupt) before the builds and
     between rounds once `interrupted`, choosing nothing."""
+    workloads = [database.commit_workload(task.dispatched[0]) for task in tasks]
+    keys = [tuning_log.workload_key(workload) for workload in workloads]
     candidates = []  # (task index, record, measure candidate)
-    for index, task in enumerate(tasks):
-        workload = database.commit_workload(task.dispatched[0])
-        previous = tuning_log.confirmed_record(confirmed, workload)
+    for index, (task, workload, key) in enumerate(zip(tasks, workloads, keys)):
+        previous = None if key not in confirmed else tuning_log.confirmed_record(confirmed[key], workload)
         seen = set()
         for record in [defaults.get(index), previous, *database.get_top_k(workload, CONFIRM_TOP)]:
-            key = None if record is None else str(record.trace.as_json())
-            if key is None or key in seen:
+            trace = None if record is None else str(record.trace.as_json())
+            if trace is None or trace in seen:
                 continue
-            seen.add(key)
+            seen.add(trace)
             try:
                 candidates.append((index, record, record.as_measure_candidate()))
             except Exception as err:  # a trace that no longer replays on this workload
@@ -272,9 +274,8 @@ def _confirm(tasks: list, defaults: dict, target: tvm.target.Target, builder: ms
                 "its choice is unchanged")
             continue
         record = candidates[best][1]
-        workload = database.commit_workload(task.dispatched[0])
-        chosen = ms.database.TuningRecord(record.trace, workload, times[best], target, record.args_info)
-        choices[tuning_log.workload_key(workload)] = tuning_log.record_json(chosen)
+        chosen = ms.database.TuningRecord(record.trace, workloads[index], times[best], target, record.args_info)
+        choices[keys[index]] = tuning_log.record_json(chosen)
         median = statistics.median(times[best])
         if best == default:
             log(f"tune: {task.task_name}: default schedule kept, median {median * 1e3:.4f} ms")

@@ -167,9 +167,10 @@ def read_database(folder: str | Path, log: Callable[[str], None]) -> ms.database
     database = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     committed = {index: database.commit_workload(workload.mod) for index, (workload, _) in entries.workloads.items()}
     chosen = {}  # workload index → its confirmed record
-    for index, (workload, _) in entries.workloads.items():
-        record = confirmed_record(confirmed, workload)
-        if workload_key(workload) in confirmed and record is None:
+    for index, (workload, _) in entries.workloads.items() if confirmed else ():
+        value = confirmed.get(workload_key(workload))
+        record = None if value is None else confirmed_record(value, workload)
+        if value is not None and record is None:
             log(f"warning: {Path(folder) / CONFIRMED}: the choice for workload {index} does not read, skipped")
         if record is not None:
             chosen[index] = record
@@ -201,11 +202,10 @@ def record_json(record: ms.database.TuningRecord) -> list:
     return json.loads(line)[1]
 
 
-def confirmed_record(confirmed: dict, workload: ms.database.Workload) -> ms.database.TuningRecord | None:
-    """The record `confirmed` (`read_confirmed`) holds for `workload`; None when it holds none or
-    one that does not deserialize."""
-    value = confirmed.get(workload_key(workload))
-    return None if value is None else _deserialize(lambda: ms.database.TuningRecord.from_json(value, workload))
+def confirmed_record(value, workload: ms.database.Workload) -> ms.database.TuningRecord | None:
+    """The record of `workload` that `value`, its entry in `confirmed.json`, holds; None when it
+    does not deserialize."""
+    return _deserialize(lambda: ms.database.TuningRecord.from_json(value, workload))
 
 
 def read_confirmed(folder: str | Path, log: Callable[[str], None]) -> dict:
@@ -225,12 +225,11 @@ def read_confirmed(folder: str | Path, log: Callable[[str], None]) -> dict:
     return value
 
 
-def write_confirmed(folder: str | Path, choices: dict, log: Callable[[str], None]) -> None:
-    """Merge `choices` (workload key → record JSON) into the log's `confirmed.json`, replacing
-    the file whole (written beside it, then renamed): an interrupted write leaves the old one."""
-    path = Path(folder) / CONFIRMED
-    merged = {**read_confirmed(folder, log), **choices}
-    _replace(path, [json.dumps(merged, separators=(",", ":"))])
+def write_confirmed(folder: str | Path, confirmed: dict) -> None:
+    """Write `confirmed` (workload key → record JSON, all of the log's choices) as the log's
+    `confirmed.json`, replacing the file whole (written beside it, then renamed): an
+    interrupted write leaves the old one."""
+    _replace(Path(folder) / CONFIRMED, [json.dumps(confirmed, separators=(",", ":"))])
 
 
 def repair(folder: str | Path, log: Callable[[str], None]) -> int:
