@@ -7,9 +7,11 @@ from tvm import relax
 
 from test_pass_plan_layers import W_BINARY, W_FLOAT, Before
 from tvmbits.ops.bitpack import bitpack, pack_bits
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc
+from tvmbits.ops import bitserial_conv2d as bitserial_conv2d_module
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.quantize import binarize
+from tvmbits.ops.window import Window
 from tvmbits.passes.fold_thresholds import BINARIZE
 from tvmbits.passes.fuse_packing import KERNEL, PACKING
 from tvmbits.passes.lower_lowbit import LowerLowBit
@@ -18,7 +20,9 @@ from tvmbits.passes.plan_layers import PlanLayers
 BIPOLAR = Encoding("bipolar", 1)
 
 
-def expected() -> tvm.IRModule:
+def expected(border: bool = False) -> tvm.IRModule:
+    """With `border`, the 5×5 output reads its input zero-padded, and the kernel takes the
+    weights' border table from its own call on the weight constant."""
     builder = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 5, 5, 2), "float32"))
     with builder.function("main", [x]):
@@ -26,9 +30,15 @@ def expected() -> tvm.IRModule:
             codes = builder.emit_te(binarize, x, primfunc_name_hint="binarize", primfunc_attrs={BINARIZE: True})
             packed = builder.emit_te(bitpack, codes, 1, primfunc_name_hint="bitpack", primfunc_attrs={PACKING: True})
             weight = relax.const(pack_bits(BIPOLAR.encode(np.where(W_BINARY >= 0, 1, -1)), 1))
+            tables = []
+            if border:
+                window = Window.of((5, 5), (3, 3), (1, 1), (1, 1, 1, 1))
+                tables.append(builder.emit_te(lambda w: border_table(w, 2, window), weight,
+                                              primfunc_name_hint="bitserial_border"))
             acc = builder.emit_te(
-                lambda d, w: bitserial_conv2d_nhwc(d, w, 2, BIPOLAR, BIPOLAR, (1, 1), (1, 1, 1, 1)),
-                packed, weight, primfunc_name_hint="bitserial_conv2d",
+                lambda d, w, *table: bitserial_conv2d_nhwc(d, w, 2, BIPOLAR, BIPOLAR, (1, 1), (1, 1, 1, 1),
+                                                           **({"border": table[0]} if table else {})),
+                packed, weight, *tables, primfunc_name_hint="bitserial_conv2d",
                 primfunc_attrs={"op_pattern": 4, KERNEL: True},
             )
             acc = builder.emit(relax.op.astype(acc, "float32"))
@@ -44,3 +54,9 @@ def expected() -> tvm.IRModule:
 def test_lowbit_layer_lowered_and_float_layer_inlined():
     after = LowerLowBit(PlanLayers(byte_dot=False)(Before))
     tvm.ir.assert_structural_equal(after, expected())
+
+
+def test_a_padded_bipolar_conv_gets_its_border_table_from_the_weight_constant(monkeypatch):
+    monkeypatch.setattr(bitserial_conv2d_module, "MIN_PIXELS_FOR_BORDER_TABLE", 0)  # the 5×5 output pays
+    after = LowerLowBit(PlanLayers(byte_dot=False)(Before))
+    tvm.ir.assert_structural_equal(after, expected(border=True))
