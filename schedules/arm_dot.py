@@ -1,14 +1,19 @@
 """AArch64 byte dot products as TIR tensor intrinsics, for the sub-byte kernels: the Arm
 counterparts of `vnni.py`'s `vpdpbusd`.
 
-Both compute what `vnni.DOT_16x4` describes, C[i] += Σ_k int32(A[k]) · int32(B[i, k]) for i < 16,
+All compute what `vnni.DOT_16x4` describes, C[i] += Σ_k int32(A[k]) · int32(B[i, k]) for i < 16,
 k < 4: A four biased uint8 activations, B a 64-byte block of weights, 16 output channels × 4
 input channels (`ops/subbyte.py`'s layout), C 16 int32 accumulators in a register tile. They
-hold the block as four 128-bit vectors of 4 channels × 4 inputs; the activations' 4 bytes are one
-32-bit lane broadcast to the four.
+hold the block as four 128-bit vectors of 4 channels × 4 inputs.
 
 - `SDOT_16x4` (Armv8.2 dot product, Cortex-A55/A76 and later): four `sdot` (16 signed byte
-  MACs each). `UDOT_16x4`, for uint8 weights (unsigned 8-bit), four `udot`.
+  MACs each), the activations' 4 bytes one 32-bit lane broadcast to the four (`ld1r`).
+  `UDOT_16x4`, for uint8 weights (unsigned 8-bit), four `udot`.
+- `SDOT_LANE_16x4`, `UDOT_LANE_16x4`: the same where the input channels come in whole chunks of
+  16 (a multiple of 16 channels, NHWC): the 4 bytes are lane j of their chunk's 16-byte load,
+  read by the by-element form (`sdot v.4s, w.16b, a.4b[j]`), so one activation load feeds the
+  4 steps of its chunk. The `_8x4` ones compute half a block (8 output channels, 2 `sdot`), for
+  tiles of many pixels (`DOT_TILES`).
 - `NEON_16x4` (every Armv8 NEON core, Cortex-A53/A72): per 4 channels two `smull` (int8 × int8 →
   int16), an `addp` (pairs of products, int16) and an `sadalp` (pairs into the int32
   accumulators). `NEON_BYTES_16x4`, where every product fits int8 (≤ 4-bit operands: at most
@@ -21,37 +26,66 @@ only where DATA_MAX · WEIGHT_MAX ≤ 127.
 """
 
 import functools
+from typing import NamedTuple
 
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from tvmbits.schedules.vnni import dot_16x4_description
+from tvmbits.schedules.vnni import dot_description
 
 SDOT_16x4 = "tvmbits_arm_sdot_16x4"
-SDOT_16x16 = "tvmbits_arm_sdot_16x16"  # four SDOT_16x4 steps, 16 input channels: one activation load
 UDOT_16x4 = "tvmbits_arm_udot_16x4"
+SDOT_LANE_16x4 = "tvmbits_arm_sdot_lane_16x4"
+UDOT_LANE_16x4 = "tvmbits_arm_udot_lane_16x4"
+SDOT_LANE_8x4 = "tvmbits_arm_sdot_lane_8x4"
+UDOT_LANE_8x4 = "tvmbits_arm_udot_lane_8x4"
 NEON_16x4 = "tvmbits_arm_neon_16x4"
 NEON_BYTES_16x4 = "tvmbits_arm_neon_bytes_16x4"
 INT8_DATA_MAX = 127  # the largest activation byte the int8 instructions read exactly
-ARM_INTRINSICS = (SDOT_16x16, SDOT_16x4, UDOT_16x4, NEON_16x4, NEON_BYTES_16x4)
-# 16-lane accumulator vectors (4 registers each) of a conv register tile, of AArch64's 32 vector
-# registers: SDOT needs besides them the 4 registers of one weight block and an activation, the
-# NEON schedule also its products and pair sums
-TILE_BUDGET = {SDOT_16x16: 6, SDOT_16x4: 6, UDOT_16x4: 6, NEON_16x4: 4, NEON_BYTES_16x4: 4}
-# Where no tile of two or more pixels fits TILE_BUDGET (a 7×7 output), a 7-pixel tile of 4-channel
-# dot-product steps (`wide_dot_tile`): 28 accumulator registers, the weight block's 4 and a
-# broadcast activation, one register over (LLVM spills one). On the Cortex-A76 model it took
-# ResNet-18's 7×7, 512→512 W4A4 layer from 25.7 M instructions (one pixel, four channel
-# vectors: every SDOT loads its weights) to 13.5 M (13.3 with DOT_UNROLL); where 4-pixel tiles
-# fit, they stay better. Only where the wider budget does give a multi-pixel tile.
-WIDE_DOT_BUDGET = 7
-# Reduction steps a dot-product kernel unrolls together (`cpu.UNROLL` elsewhere): with 8, LLVM
-# hoists the later steps' loads and spills accumulators (ResNet-18's 28×28, 128→128 W4A4 layer on
-# the Cortex-A76 model: 13.6 M instructions with 8, 12.1 with 4, 13.6 with 2; the NEON
-# schedules measured no different, so they keep 8)
-DOT_UNROLL = 4
+LANE_FORMS = (SDOT_LANE_16x4, UDOT_LANE_16x4, SDOT_LANE_8x4, UDOT_LANE_8x4)
+DOT_PRODUCTS = (SDOT_16x4, UDOT_16x4, *LANE_FORMS)
+ARM_INTRINSICS = (*DOT_PRODUCTS, NEON_16x4, NEON_BYTES_16x4)
+
+
+class DotTile(NamedTuple):
+    """An Arm conv register tile: its intrinsic, the output channels of one of its accumulator
+    vectors (`lanes`: 16, or 8 for the half-block intrinsics) and the most accumulator vectors
+    it holds (`budget`: what AArch64's 32 vector registers leave besides the operands)."""
+
+    intrinsic: str
+    lanes: int
+    budget: int
+
+
+# Per intrinsic, the register tiles in order of preference: a conv takes the first whose tile has
+# several pixels (each weight vector loaded once feeds them all), or else the first.
+# - The lane forms keep each pixel's 16-byte activation chunk in a register across the chunk's 4
+#   steps: P pixels of one 16-channel vector need 4P accumulators, P chunks and the step's 4
+#   weight registers, so 5 pixels at most; the half-block form 2P + P + 2, so up to 10 pixels
+#   (capped by `cpu.MAX_PIXELS`), for outputs such as 7×7 where no tile of 2–5 pixels fits. On
+#   the Cortex-A76 model, ResNet-18's 7×7, 512→512 W4A4 layer took 13.3 M instructions with the
+#   broadcast form's 7-pixel tile (28 accumulators: LLVM spilled 3, and each `ld1r` needs its
+#   address computed), 56×56, 64→64: 11.5 M with 16-channel steps of 4 pixels by element
+#   inside each pixel (LLVM hoisted all 16 weight registers of a chunk: spills).
+# - The broadcast forms: 6 vectors (24 accumulators, the block's 4 registers and the activation),
+#   7 where that leaves one pixel (28 accumulators, one register over: LLVM spills one).
+DOT_TILES = {
+    SDOT_LANE_16x4: [DotTile(SDOT_LANE_16x4, 16, 5), DotTile(SDOT_LANE_8x4, 8, 10)],
+    UDOT_LANE_16x4: [DotTile(UDOT_LANE_16x4, 16, 5), DotTile(UDOT_LANE_8x4, 8, 10)],
+    SDOT_16x4: [DotTile(SDOT_16x4, 16, 6), DotTile(SDOT_16x4, 16, 7)],
+    UDOT_16x4: [DotTile(UDOT_16x4, 16, 6), DotTile(UDOT_16x4, 16, 7)],
+    NEON_16x4: [DotTile(NEON_16x4, 16, 4)],  # besides the accumulators: products and pair sums
+    NEON_BYTES_16x4: [DotTile(NEON_BYTES_16x4, 16, 4)],
+}
+# Reduction steps (4 channels each) a kernel unrolls together (`cpu.UNROLL` elsewhere): two
+# 16-channel chunks for the lane forms (ResNet-18's 28×28, 128→128 W4A4 layer on the Cortex-A76
+# model: 11.12 M instructions with 4, 10.75 with 8, 10.95 with 16); 4 for the broadcast forms,
+# where with 8 LLVM hoisted the later steps' loads and spilled accumulators; the NEON schedules
+# measured no different, so they keep `cpu.UNROLL`
+DOT_UNROLL = {SDOT_LANE_16x4: 8, UDOT_LANE_16x4: 8, SDOT_LANE_8x4: 8, UDOT_LANE_8x4: 8,
+              SDOT_16x4: 4, UDOT_16x4: 4}
 
 
 def _dot_impl(instruction: str, weight: str):
@@ -138,50 +172,36 @@ def _neon_bytes():
     return func
 
 
-def _description_16x16():
+def _lane_impl(instruction: str, weight: str, lanes: int):
+    """`lanes`/4 dot products by element: the 4 activation bytes (A, at a multiple of 4) are lane
+    (offset mod 16) / 4 of the 16-byte chunk they lie in, loaded whole (the same load for the
+    chunk's 4 steps, which LLVM merges); the lane is a constant once the steps are unrolled."""
+    dtype16 = f"{weight}x16"
+
     @T.prim_func(s_tir=True)
-    def func(
-        A: T.Buffer((16,), "uint8", offset_factor=1),
-        B: T.Buffer((4, 16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=4),
+        B: T.Buffer((lanes, 4), weight, offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:16], B[0:4, 0:16, 0:4])
-            T.writes(C[0:16])
-            for j, i, k in T.grid(4, 16, 4):
-                with T.sblock("update"):
-                    vi = T.axis.spatial(16, i)
-                    vc = T.axis.reduce(16, j * 4 + k)
-                    C[vi] = C[vi] + T.Cast("int32", A[vc]) * T.Cast("int32", B[vc // 4, vi, vc % 4])
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            chunk = T.decl_buffer((16,), "uint8", data=A.data, elem_offset=A.elem_offset - T.floormod(A.elem_offset, 16))
+            for q in T.unroll(lanes // 4):
+                C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(f"llvm.aarch64.neon.{instruction}"),
+                    C.vload([q * 4], dtype="int32x4"),
+                    B.vload([q * 4, 0], dtype=dtype16),
+                    T.reinterpret(
+                        T.Shuffle([T.reinterpret(chunk.vload([0], "uint8x16"), dtype="int32x4")],
+                                  [T.floordiv(T.floormod(A.elem_offset, 16), 4)] * 4),
+                        dtype=dtype16,
+                    ),
+                    dtype="int32x4",
+                )
 
-    return func
-
-
-def _sdot_16x16():
-    @T.prim_func(s_tir=True)
-    def func(
-        A: T.Buffer((16,), "uint8", offset_factor=1),
-        B: T.Buffer((4, 16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:16], B[0:4, 0:16, 0:4])
-            T.writes(C[0:16])
-            for j in T.unroll(4):
-                for q in T.unroll(4):
-                    # activations j·4 … j·4+3 from lane j of one 16-byte load: SDOT by element
-                    C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                        C.vload([q * 4], dtype="int32x4"),
-                        B.vload([j, q * 4, 0], dtype="int8x16"),
-                        T.reinterpret(
-                            T.Shuffle([T.reinterpret(A.vload([0], "uint8x16"), dtype="int32x4")], [j, j, j, j]),
-                            dtype="int8x16",
-                        ),
-                        dtype="int32x4",
-                    )
-
-    return func
+    return impl
 
 
 @functools.cache
@@ -189,28 +209,28 @@ def register() -> None:
     """Register the intrinsics with TVM, once per process. Parsing their TVMScript takes seconds,
     so it is done by the builds for AArch64 (before tensorizing, or replaying a tuning log's
     schedules), not at import."""
-    TensorIntrin.register(SDOT_16x4, dot_16x4_description("int8"), _dot_impl("sdot.v4i32.v16i8", "int8"))
-    TensorIntrin.register(UDOT_16x4, dot_16x4_description("uint8"), _dot_impl("udot.v4i32.v16i8", "uint8"))
-    TensorIntrin.register(SDOT_16x16, _description_16x16(), _sdot_16x16())
-    TensorIntrin.register(NEON_16x4, dot_16x4_description("int8"), _neon_widening())
-    TensorIntrin.register(NEON_BYTES_16x4, dot_16x4_description("int8"), _neon_bytes())
+    for name, instruction, weight in ((SDOT_16x4, "sdot", "int8"), (UDOT_16x4, "udot", "uint8")):
+        TensorIntrin.register(name, dot_description(weight), _dot_impl(f"{instruction}.v4i32.v16i8", weight))
+    for names, instruction, weight in (((SDOT_LANE_16x4, SDOT_LANE_8x4), "sdot", "int8"),
+                                       ((UDOT_LANE_16x4, UDOT_LANE_8x4), "udot", "uint8")):
+        for name, lanes in zip(names, (16, 8)):
+            TensorIntrin.register(name, dot_description(weight, lanes),
+                                  _lane_impl(f"{instruction}.v4i32.v16i8", weight, lanes))
+    TensorIntrin.register(NEON_16x4, dot_description("int8"), _neon_widening())
+    TensorIntrin.register(NEON_BYTES_16x4, dot_description("int8"), _neon_bytes())
 
 
-def arm_tile_budget(intrinsic: str) -> int:
-    """Accumulator vectors of a conv register tile tensorized with `intrinsic`."""
-    return TILE_BUDGET[intrinsic]
+def dot_tiles(intrinsic: str, chunked: bool) -> list[DotTile]:
+    """The register tiles (`DOT_TILES`) of a conv whose DOT steps `arm_intrinsic` tensorizes with
+    `intrinsic`: the lane forms where its input channels come in whole 16-channel chunks."""
+    lane = {SDOT_16x4: SDOT_LANE_16x4, UDOT_16x4: UDOT_LANE_16x4}.get(intrinsic)
+    return DOT_TILES[lane if chunked and lane else intrinsic]
 
 
-def is_dot_product(intrinsic: str) -> bool:
-    return intrinsic in (SDOT_16x16, SDOT_16x4, UDOT_16x4)
-
-
-def wide_dot_tile(intrinsic: str) -> tuple[str, int] | None:
-    """(intrinsic, budget) of the wide tile (`WIDE_DOT_BUDGET`) for a conv tensorized with the
-    dot product `intrinsic`, or None for the NEON schedules, whose products need registers too."""
-    if not is_dot_product(intrinsic):
-        return None
-    return (UDOT_16x4 if intrinsic == UDOT_16x4 else SDOT_16x4), WIDE_DOT_BUDGET
+def chunk_steps(intrinsic: str) -> int:
+    """Reduction steps (4 channels each) a kernel tensorized with `intrinsic` must unroll together:
+    a lane form's chunk of 4, whose lanes are constants of the instruction; 1 for the others."""
+    return 4 if intrinsic in LANE_FORMS else 1
 
 
 def is_aarch64(target: Target) -> bool:

@@ -25,9 +25,10 @@ after it. Output channels are split into vectors of `LANES`:
   an AArch64 CPU with the dot product, two `smull`, an `addp` and an `sadalp` per 4 channels on
   other AArch64 CPUs (a byte `mul`, an `saddlp` and an `sadalp` where products fit a byte;
   `arm_dot.py`, activations below 128); the Arm tiles favour pixels over channel vectors, so one
-  weight block (4 registers) feeds several pixels (on outputs where no multi-pixel tile fits,
-  such as 7×7, a wider one: `arm_dot.WIDE_DOT_BUDGET`); elsewhere the DOT products are
-  unrolled and the lanes vectorised;
+  weight block (4 registers) feeds several pixels, and run each DOT step over the tile's pixels
+  (the step's weights loaded once, short-lived), sized by `arm_dot.DOT_TILES` (on outputs where
+  no multi-pixel tile of 16-channel vectors fits, such as 7×7, one of 8-channel vectors);
+  elsewhere the DOT products are unrolled and the lanes vectorised;
 - dense: the weights are copied the same way (a float matmul's `[K, O]` weight into
   `[O/LANES, K, LANES]` when LANES divides O, else read as it is); the batch and blocks of up to GROUPS channel vectors are fused
   into one parallel loop, the reduction runs inside it, the block's vectors are accumulated
@@ -78,8 +79,7 @@ from tvm.target.codegen import target_has_features
 from tvmbits.ops.bitpack import WORD_BITS
 from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT, WEIGHT_MAX
 from tvmbits.schedules import arm_dot, vnni
-from tvmbits.schedules.arm_dot import (ARM_INTRINSICS, SDOT_16x4, SDOT_16x16, arm_intrinsic, arm_tile_budget,
-                                      wide_dot_tile)
+from tvmbits.schedules.arm_dot import ARM_INTRINSICS, arm_intrinsic, dot_tiles
 from tvmbits.schedules.vnni import DOT_16x4, has_vnni
 
 KERNELS = ("bitserial_conv2d", "bitserial_dense", "subbyte_conv2d", "subbyte_dense", "conv2d_nhwc", "matmul")
@@ -427,11 +427,15 @@ def _finish(sch: s_tir.Schedule, kernel, reduction: list, lane, inner: list, ten
         sch.decompose_reduction(kernel, reduction[0])
         for loop in inner:
             sch.unroll(loop)
+    chunk = arm_dot.chunk_steps(tensorize)
+    if chunk > 1:  # steps unrolled a whole chunk at a time
+        reduction[-1], steps = sch.split(reduction[-1], factors=[None, chunk])
+        sch.unroll(steps)
     if tunable:
-        steps = sch.sample_perfect_tile(reduction[-1], n=2, max_innermost_factor=MAX_TUNED_STEP)
+        steps = sch.sample_perfect_tile(reduction[-1], n=2, max_innermost_factor=MAX_TUNED_STEP // chunk)
         sch.unroll(sch.split(reduction[-1], factors=steps)[1])
     else:
-        _unroll(sch, reduction[-1], arm_dot.DOT_UNROLL if arm_dot.is_dot_product(tensorize) else UNROLL)
+        _unroll(sch, reduction[-1], arm_dot.DOT_UNROLL.get(tensorize, UNROLL) // chunk)
 
 
 def _dot_intrinsic(sch: s_tir.Schedule, kernel, target: Target) -> str | None:
@@ -455,38 +459,39 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     vectors (see the module docstring), favouring pixels over groups with `pixels_first` (and
     for the Arm dot products); the tiles, for `_run_tiles` to run in parallel."""
     n, y, x, channel, *reduction = sch.get_loops(kernel)
-    if tensorize == SDOT_16x4 and int(sch.get(reduction[-1]).extent) % (4 * DOT) == 0:
-        tensorize = SDOT_16x16  # 16 input channels a step: one activation load feeds 4 SDOTs by element
     arm = tensorize in ARM_INTRINSICS  # each weight vector is 4 registers: reuse it across pixels
     if arm:
-        budget = arm_tile_budget(tensorize)
-        vectors = -(-int(sch.get(channel).extent) // lanes)
-        extents = [int(sch.get(loop).extent) for loop in (y, x)]
-        wide = wide_dot_tile(tensorize)
-        pixels = lambda tile: tile[1] * tile[2]  # noqa: E731
-        if wide and pixels(_register_tile(vectors, *extents, budget, prefer_groups=False)) == 1 and \
-                pixels(_register_tile(vectors, *extents, wide[1], prefer_groups=False)) > 1:
-            tensorize, budget = wide  # a 7×7 output: one pixel would load the weights for every SDOT
+        tensorize, lanes, budget = _arm_tile(sch, tensorize, channel, y, x, reduction[-1])
     outer, group, lane, y_outer, row, x_outer, pixel, sizes = _split_tile(
         sch, channel, y, x, lanes, budget, tunable, prefer_groups=not (arm or pixels_first), fixed_groups=fixed_groups
     )
     inner = _split_dot(sch, reduction) if dot else []
-    steps = []  # SDOT_16x16: the 4 DOT steps of 16 input channels
-    if tensorize == SDOT_16x16:
-        reduction[-1], step = sch.split(reduction[-1], factors=[None, 4])
-        steps = [step]
     # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
-    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *steps,
-                *_lane_order(lane, inner, tensorize))
+    sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *_lane_order(lane, inner, tensorize))
     parallel = sch.fuse(outer, n, y_outer, x_outer)
     _write_back_at(sch, write_back, parallel, lanes)
 
     def finish():
-        _finish(sch, kernel, reduction, steps[0] if steps else lane, inner, tensorize, tunable)
+        _finish(sch, kernel, reduction, lane, inner, tensorize, tunable)
         for loop in (row, pixel, group):
             sch.unroll(loop)
 
     return Tiles(parallel, CONV_TILE_ORDER, sizes, _output_shape(sch, kernel), finish)
+
+
+def _arm_tile(sch: s_tir.Schedule, intrinsic: str, channel, y, x, channels) -> "arm_dot.DotTile":
+    """The Arm register tile (`arm_dot.DOT_TILES`) of a conv tensorized with `intrinsic`: the
+    first of its tiles with several pixels, or else the first; the lane forms where the input
+    channels (the loop `channels`) come in whole 16-channel chunks."""
+    tiles = dot_tiles(intrinsic, int(sch.get(channels).extent) % (4 * DOT) == 0)
+    extents = [int(sch.get(loop).extent) for loop in (y, x)]
+
+    def pixels(tile) -> int:
+        _, rows, columns = _register_tile(-(-int(sch.get(channel).extent) // tile.lanes), *extents, tile.budget,
+                                          prefer_groups=False)
+        return rows * columns
+
+    return next((tile for tile in tiles if pixels(tile) > 1), tiles[0])
 
 
 def _split_tile(sch: s_tir.Schedule, channel, y, x, lanes: int, budget: int, tunable: bool,

@@ -17,20 +17,21 @@ from tvm.target.codegen import target_has_features
 DOT_16x4 = "tvmbits_vnni_dot_16x4"
 
 
-def dot_16x4_description(weight: str):
-    """What a 16×4 dot-product block computes (module docstring), with `weight` int8 or uint8
-    weights: the description the x86 and the Arm intrinsics share."""
+def dot_description(weight: str, lanes: int = 16):
+    """What a `lanes`×4 dot-product block computes (module docstring, for `lanes` output
+    channels), with `weight` int8 or uint8 weights: the description the x86 and the Arm
+    intrinsics share."""
 
     @T.prim_func(s_tir=True)
     def description(
         A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), weight, offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+        B: T.Buffer((lanes, 4), weight, offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i, k in T.grid(16, 4):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, 4):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
                     C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
@@ -61,7 +62,7 @@ def register() -> None:
                 dtype="int32x16",
             )
 
-    TensorIntrin.register(DOT_16x4, dot_16x4_description("int8"), _vpdpbusd)
+    TensorIntrin.register(DOT_16x4, dot_description("int8"), _vpdpbusd)
 
 
 def has_vnni(target: Target) -> bool:

@@ -20,7 +20,7 @@ import pytest
 import tvm
 from tvm import te
 from arm_kernels import Case, run_on_board
-from conv_cases import BIPOLAR, CONVS, DENSES, pair_id, pairs
+from conv_cases import BIPOLAR, CONVS, DENSES, Conv, pair_id, pairs
 from lowbit_kernels import kernel_te, pack_weight, random_codes
 from onnx import helper
 from onnx_models import make_model
@@ -46,9 +46,10 @@ MAIN = [BIPOLAR, Encoding("unsigned", 3), S4, Encoding("unsigned", 5), Encoding(
 # output channels in multiples of 16 (the tensorized blocks), odd channel counts and paddings
 CONV_GRID = [replace(CONVS[i], out_channels=o) for i, o in ((1, 16), (2, 32), (4, 16), (7, 48))]
 WIDE = replace(CONVS[5], out_channels=32)  # 64 input channels: SDOT 16 channels at a time
-# a 7×7 output: no tile of 2–6 pixels divides it, so the dot-product tile is 7 pixels wide
+# a 7×7 output: no tile of 2–5 pixels divides it, so the dot-product tile is 7 pixels of 8 channels
+# (by element, 16 input channels a chunk); with 36 input channels, 7 pixels of broadcast steps
 SEVEN = replace(CONVS[1], batch=1, size=(7, 7), channels=64, out_channels=32)
-
+SEVEN_UNCHUNKED = replace(SEVEN, channels=36)
 
 def conv_case(conv, act, wgt, seed) -> Case:
     rng = np.random.default_rng(seed)
@@ -82,6 +83,7 @@ def default_cases() -> list[Case]:
     cases = [conv_case(WIDE, *pair, seed=zlib.crc32(f"{WIDE}{pair_id(pair)}".encode())) for pair in PAIRS]
     cases += [dense_case((3, 70, 32), *PAIRS[1], seed=11)]
     cases += [conv_case(SEVEN, *pair, seed=13) for pair in [(U4, S4), (Encoding("signed", 6), U8)]]  # SDOT, UDOT
+    cases += [conv_case(SEVEN_UNCHUNKED, U4, S4, seed=17)]
     return cases + [extreme_case(), extreme_case(S4, S4)]
 
 
@@ -142,34 +144,65 @@ def test_sdot_by_element_on_16_channel_steps():
     assert set(by_element) == {"0", "1", "2", "3"} and not re.search(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.16b$", asm, re.M)
 
 
-@pytest.mark.parametrize("size, tile", [(7, [1, 7, 1]), (8, [1, 4, 1]), (13, [1, 1, 2])])
-def test_dot_product_tile_is_seven_pixels_where_no_smaller_one_fits(size, tile):
-    """(rows, columns, channel vectors) of the rpi5 register tile of a 64→32 conv: 4 pixels of 16
-    input channels a step on an 8×8 output, 7 pixels of 4 channels a step on a 7×7 one (where
-    the 6-vector budget would leave one pixel, every SDOT loading its own weights); on 13×13 no
-    tile of 2–7 pixels divides the output, and the 16-channel steps stay."""
-    conv = replace(SEVEN, size=(size, size))
-    codes = te.placeholder((1, size, size, 64), "int32", "codes")
-    weight = te.placeholder(pack_weight("subbyte", np.zeros((32, 3, 3, 64), int), S4).shape, "int8", "weight")
-    out = kernel_te("subbyte", codes, weight, None, 64, 32, U4, S4, (conv.strides, conv.padding))
-    sch = LowBitCPU().apply(te.create_prim_func([codes, weight, out]), load("rpi5").tvm_target(), False)
+def rpi5_conv(conv: Conv, tunable: bool = False):
+    """A U4 × S4 `conv` scheduled for rpi5 (SDOT), by the default schedule or (`tunable`) one
+    drawn from its tuning design space."""
+    codes = te.placeholder((conv.batch, *conv.size, conv.channels), "int32", "codes")
+    weight = te.placeholder(pack_weight("subbyte", np.zeros((conv.out_channels, *conv.kernel, conv.channels), int),
+                                        S4).shape, "int8", "weight")
+    out = kernel_te("subbyte", codes, weight, None, conv.channels, conv.out_channels, U4, S4,
+                    (conv.strides, conv.padding))
+    return LowBitCPU().apply(te.create_prim_func([codes, weight, out]), load("rpi5").tvm_target(), tunable)
+
+
+@pytest.mark.parametrize("size, channels, tile, by_element", [
+    (7, 64, [1, 7, 1], True), (7, 36, [1, 7, 1], False), (8, 64, [1, 4, 1], True), (13, 64, [1, 1, 2], True)])
+def test_dot_product_tile_where_no_four_pixel_one_fits(size, channels, tile, by_element):
+    """(rows, columns, channel vectors) of the rpi5 register tile of a conv to 32 channels, and
+    whether its SDOTs read activations by element: 4 pixels of 16-channel vectors on an 8×8
+    output; 7 pixels of 8-channel vectors on a 7×7 one (where 16-channel vectors would leave one
+    pixel, every SDOT loading its own weights), or of broadcast 4-channel steps where the input
+    channels are not whole 16-channel chunks; on 13×13 no tile of 2–8 pixels divides the output,
+    and one pixel of two 16-channel vectors stays."""
+    sch = rpi5_conv(replace(SEVEN, size=(size, size), channels=channels))
     write_back = sch.get_loops(sch.get_sblock("subbyte_conv2d_local"))
     assert [int(sch.get(loop).extent) for loop in write_back[-4:-1]] == tile
     asm = tvm.compile(sch.mod, target=load("rpi5").tvm_target()).mod.inspect_source("asm")
-    by_element = re.search(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[", asm, re.M)
-    assert bool(by_element) == (size != 7)  # 16 channels a step: SDOT by element
+    assert bool(re.search(r"^\s+sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[", asm, re.M)) == by_element
 
 
-def test_dot_product_kernel_unrolls_four_steps():
-    """128 input channels (8 steps of 16 on rpi5): 4 unrolled together (`arm_dot.DOT_UNROLL`),
-    inside a loop of 2; with 8 at once LLVM spilled accumulators."""
-    weight = te.placeholder(pack_weight("subbyte", np.zeros((32, 3, 3, 128), int), S4).shape, "int8", "weight")
-    codes = te.placeholder((1, 8, 8, 128), "int32", "codes")
-    out = kernel_te("subbyte", codes, weight, None, 128, 32, U4, S4, ((1, 1), (1, 1, 1, 1)))
-    sch = LowBitCPU().apply(te.create_prim_func([codes, weight, out]), load("rpi5").tvm_target(), False)
+def test_dot_product_steps_run_over_the_tile():
+    """128 input channels (32 DOT steps) on rpi5: 8 steps unrolled together (`arm_dot.DOT_UNROLL`,
+    two 16-channel chunks of 4) inside a loop of 4, each step outside the tile's pixels, so its
+    weights are loaded once and live briefly; no register spills in the kernel (LLVM spilled
+    accumulators when each pixel ran all 4 steps of a chunk)."""
+    sch = rpi5_conv(replace(SEVEN, size=(8, 8), channels=128))
     loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("subbyte_conv2d_update_o"))]
-    kinds = [(int(loop.extent), loop.kind) for loop in loops[3:5]]  # after the parallel loop and the taps
-    assert kinds == [(2, tvm.tirx.ForKind.SERIAL), (4, tvm.tirx.ForKind.UNROLLED)]
+    kinds = [(int(loop.extent), loop.kind) for loop in loops[3:8]]  # after the parallel loop and the taps
+    unrolled = tvm.tirx.ForKind.UNROLLED  # chunks, a chunk's 4 steps, rows, columns
+    assert kinds == [(4, tvm.tirx.ForKind.SERIAL), (2, unrolled), (4, unrolled), (1, unrolled), (4, unrolled)]
+    asm = tvm.compile(sch.mod, target=load("rpi5").tvm_target()).mod.inspect_source("asm")
+    loop = sdot_loop(asm)
+    assert sum(line.startswith("sdot") for line in loop) == 8 * 4 * 4  # steps × pixels × 4 vectors
+    assert not [line for line in loop if "[sp" in line], loop  # no spills
+
+
+def test_tuned_dot_product_schedules_unroll_whole_chunks():
+    """Schedules drawn from the rpi5 design space compile: whatever unrolling `tvmbits tune`
+    samples, each SDOT's lane is a constant (a chunk's 4 steps are always unrolled together)."""
+    for _ in range(6):
+        sch = rpi5_conv(replace(SEVEN, size=(8, 8), channels=128), tunable=True)
+        assert "sdot" in tvm.compile(sch.mod, target=load("rpi5").tvm_target()).mod.inspect_source("asm")
+
+
+def sdot_loop(asm: str) -> list[str]:
+    """The instructions of the loop (LLVM assembly: a label and a branch back to it) with the
+    most SDOTs."""
+    lines = [line.strip() for line in asm.splitlines()]
+    labels = {line[:-1]: i for i, line in enumerate(lines) if re.fullmatch(r"\.LBB\w+:", line)}
+    loops = [lines[labels[m.group(1)]:i] for i, line in enumerate(lines)
+             if (m := re.match(r"b(?:\.\w+)?\s+(\.LBB\w+)$", line)) and labels.get(m.group(1), i) < i]
+    return max(loops, key=lambda loop: sum(line.startswith("sdot") for line in loop))
 
 
 @pytest.mark.skipif(shutil.which(OBJDUMP) is None, reason=f"{OBJDUMP} is not installed (scripts/setup.sh)")

@@ -9,7 +9,8 @@ import pytest
 
 FAMILIES = {
     "vnni": ("tvmbits_vnni_dot_16x4",),
-    "arm": ("tvmbits_arm_sdot_16x4", "tvmbits_arm_sdot_16x16", "tvmbits_arm_udot_16x4",
+    "arm": ("tvmbits_arm_sdot_16x4", "tvmbits_arm_udot_16x4", "tvmbits_arm_sdot_lane_16x4",
+            "tvmbits_arm_udot_lane_16x4", "tvmbits_arm_sdot_lane_8x4", "tvmbits_arm_udot_lane_8x4",
             "tvmbits_arm_neon_16x4", "tvmbits_arm_neon_bytes_16x4"),
     "cuda": ("tvmbits_mma_m8n8k128_b1_and_popc", "tvmbits_mma_m8n8k16_u8s8", "tvmbits_mma_m8n8_fill_s32"),
 }
