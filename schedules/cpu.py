@@ -17,7 +17,9 @@ after it. Output channels are split into vectors of `LANES`:
   so each weight vector and each broadcast activation is a load of its own).
   Channel blocks, batch, row and column blocks are fused into one parallel loop (in that
   order, so that one core works through one block of weights); inside it
-  the reduction loops run, and within each reduction step the tile is unrolled with the lanes
+  the reduction loops run (a bit-serial conv's packed words 2 at a time on AVX-512's 16-vector
+  tiles, a kernel row's taps inside each pair: `WORD_CHUNK`), and within each reduction step
+  the tile is unrolled with the lanes
   vectorised, so each activation word is broadcast once per GROUPS vectors and each weight
   vector is loaded once per ROWS × PIXELS pixels;
 - sub-byte kernels: the input channels are split by DOT (4) inside the lanes, and each lane × DOT
@@ -91,6 +93,15 @@ GROUPS = 4  # vectors of output channels accumulated together for one pixel
 MAX_PIXELS = 8  # LLVM can take minutes to allocate registers for much larger unrolled tiles
 TUNED_COLUMNS = 4  # the most columns of a tile `tvmbits tune` samples
 UNROLL = 8
+# Packed words of a tap a bit-serial conv's tile runs together (`_chunk_words`) where the tile has
+# more than WORD_CHUNK_TILE accumulator vectors (AVX-512's 16): with all of a tap's words
+# unrolled (4 and more: 128 channels and up), LLVM's loop over a row's taps held 64 and more
+# popcounts, spilled accumulators and ran ResNet-18's 28×28, 128→128 and 14×14, 256→512 W1A1
+# kernels 20–35% slower on an AVX-512 Xeon (the other layers no slower; chunks of 4: as slow).
+# The 4-vector NEON tiles stay whole: chunked, the layers executed 3–11% more instructions on
+# the Cortex-A72 and A76 models.
+WORD_CHUNK = 2
+WORD_CHUNK_TILE = 8
 MAX_TUNED_STEP = 2 * UNROLL  # the most reduction steps a tuned schedule unrolls together
 TRANSPOSE_TILE = 16
 # iterations below which a loop nest is not worth waking the thread pool: waking and joining it took
@@ -468,6 +479,9 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
     inner = _split_dot(sch, reduction) if dot else []
     # channel blocks outermost: consecutive iterations (on one core) reuse one block of weights
     sch.reorder(outer, n, y_outer, x_outer, *reduction, row, pixel, group, *_lane_order(lane, inner, tensorize))
+    if not tunable and sch.get(kernel).name_hint == "bitserial_conv2d" and \
+            sizes[1] * sizes[2] * sizes[3] // lanes > WORD_CHUNK_TILE:  # the tile's accumulator vectors
+        _chunk_words(sch, reduction)
     parallel = sch.fuse(outer, n, y_outer, x_outer)
     _write_back_at(sch, write_back, parallel, lanes)
 
@@ -477,6 +491,18 @@ def _tile_conv(sch: s_tir.Schedule, kernel, write_back, lanes: int, budget: int,
             sch.unroll(loop)
 
     return Tiles(parallel, CONV_TILE_ORDER, sizes, _output_shape(sch, kernel), finish)
+
+
+def _chunk_words(sch: s_tir.Schedule, reduction: list) -> None:
+    """Run a bit-serial conv's packed words `WORD_CHUNK` at a time, the taps of a kernel row
+    inside each chunk (in place in `reduction`: ky, words / WORD_CHUNK, kx, WORD_CHUNK, the last
+    unrolled by `_finish`), where the chunk divides the words."""
+    ky, kx, word = reduction
+    extent = int(sch.get(word).extent)
+    if extent > WORD_CHUNK and extent % WORD_CHUNK == 0:
+        chunks, chunk = sch.split(word, factors=[None, WORD_CHUNK])
+        sch.reorder(chunks, kx)
+        reduction[:] = [ky, chunks, kx, chunk]
 
 
 def _arm_tile(sch: s_tir.Schedule, intrinsic: str, channel, y, x, channels) -> "arm_dot.DotTile":

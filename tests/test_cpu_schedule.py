@@ -25,6 +25,7 @@ from tvmbits.schedules.cpu import PREPACK, LowBitCPU, ParallelCPU
 
 X86 = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 ARM64 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+AVX512 = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512", "num-cores": 2})
 PACKING = {"bitserial": lambda x, act: bitpack(x, act.bits), "subbyte": subbyte_pack}
 PACK_NAMES = {"bitserial": "bitpack", "subbyte": "subbyte_pack"}
 CONV = {"bitserial": bitserial_conv2d_nhwc, "subbyte": subbyte_conv2d_nhwc}
@@ -115,6 +116,26 @@ def test_conv_write_back_is_vectorised_and_exact(kernel, act, wgt):
     write_back = "subbyte_conv2d_intermediate_local" if kernel == "subbyte" else "bitserial_conv2d_local"
     loop = script[: script.index(f'with T.sblock("{write_back}")')].rstrip().splitlines()[-1]
     assert "in T.vectorized(T.int64(16)):" in loop
+    expected = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), *conv_args).astype(np.float32) * scale
+    np.testing.assert_array_equal(run(scheduled, a, act), expected)
+
+
+@pytest.mark.parametrize("target, reduction", [(AVX512, [3, 2, 3, 2]), (ARM64, [3, 3, 4])], ids=["avx512", "arm64"])
+def test_bitserial_conv_runs_words_in_pairs_on_wide_tiles(target, reduction):
+    """The reduction loops of a W1A1 conv of 128 channels (4 words a tap) on an 8×8 output: on
+    AVX-512 (a tile of 16 accumulator vectors) the words run 2 at a time with a row's taps inside
+    each pair (ky, word pairs, kx, 2 words); on AArch64 NEON (4 vectors) a tap's 4 words run
+    together (ky, kx, words). Exact either way (run on this machine)."""
+    act = wgt = Encoding("bipolar", 1)
+    a_shape, conv_args = (1, 8, 8, 128), ((1, 1), (1, 1, 1, 1))
+    rng = np.random.default_rng(6)
+    a, w = random_codes(rng, act, a_shape), random_codes(rng, wgt, (64, 3, 3, 128))
+    scale = rng.uniform(0.5, 2, 64).astype(np.float32)
+    scheduled = schedule(lowered_module("bitserial", "conv2d", a_shape, w, act, wgt, conv_args,
+                                        scale_epilogue(scale)), target)
+    sch = tvm.s_tir.Schedule(scheduled["fused_bitserial_conv2d_cast_multiply"])
+    loops = sch.get_loops(sch.get_sblock("bitserial_conv2d_update"))
+    assert [int(sch.get(loop).extent) for loop in loops[1:len(reduction) + 1]] == reduction
     expected = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), *conv_args).astype(np.float32) * scale
     np.testing.assert_array_equal(run(scheduled, a, act), expected)
 
