@@ -5,15 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# cross compilers for the architectures this machine is not (Debian names the native compiler
-# <triple>-g++ too), qemu-user-static for the emulated boards' root file systems, the dynamic
-# qemu-user (it takes -plugin) and its plugin's glib headers, and llvm-mca for benchmarks/arm.py
+# this machine's C++ compiler (it links the libraries of `--target host`), cross compilers for
+# the architectures this machine is not (Debian names the native compiler <triple>-g++ too),
+# qemu-user-static for the emulated boards' root file systems, the dynamic qemu-user (it takes
+# -plugin) and its plugin's glib headers, and llvm-mca for benchmarks/arm.py
 case "$(uname -m)" in
   x86_64)  CROSS="g++-aarch64-linux-gnu binutils-aarch64-linux-gnu" ;;
   aarch64) CROSS="g++-x86-64-linux-gnu binutils-x86-64-linux-gnu" ;;
   *) echo "setup: $(uname -m) machines are not supported (x86_64 and aarch64 are)" >&2; exit 2 ;;
 esac
-APT_PACKAGES="$CROSS g++-arm-linux-gnueabihf binutils-arm-linux-gnueabihf qemu-user-static binfmt-support
+APT_PACKAGES="g++ $CROSS g++-arm-linux-gnueabihf binutils-arm-linux-gnueabihf qemu-user-static binfmt-support
   debootstrap"
 BENCH_PACKAGES="qemu-user libglib2.0-dev llvm-19"
 missing=""

@@ -56,6 +56,18 @@ def test_unknown_target(capsys, bnn_file):
     _fails(capsys, ["compile", str(bnn_file), "--target", "pdp11"], "unknown target 'pdp11'")
 
 
+def test_host_build_without_a_compiler_is_one_line(capsys, bnn_file, tmp_path, monkeypatch):
+    """A machine with no C++ compiler (a bare AArch64 server before scripts/setup.sh): the host
+    build says what to install instead of failing inside TVM, and leaves no artifact."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++, gcc, clang++, c++ or cc on it
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    out = tmp_path / "bnn.tar"
+    _fails(capsys, ["compile", str(bnn_file), "--target", "host", "-o", str(out)],
+           "linking for target host needs this machine's C++ compiler")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("bits", ["0", "9"])
 def test_bad_bit_widths(capsys, bnn_file, bits):
     _fails(capsys, ["compile", str(bnn_file), "--wbits", bits], f"--wbits {bits}")

@@ -177,6 +177,9 @@ def _export(executable, library: Path, profile) -> None:
     fcompile = None
     if profile.cross_compiler:
         fcompile = tvm.support.cc.cross_compiler(profile.cross_compiler)
+    elif tvm.support.cc.get_cc() is None:  # TVM would fail on its missing path with a TypeError
+        raise TargetError(f"linking for target {profile.name} needs this machine's C++ compiler, and none was "
+                          "found (install g++: scripts/setup.sh does; or set CXX)")
     try:
         executable.export_library(str(library), fcompile=fcompile)
     except Exception as err:  # the linker's own message says what is missing
