@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tvmbits import tar_extract
 from tvmbits.errors import ArtifactError
 
 FORMAT = 3
@@ -149,7 +150,7 @@ def open_artifact(path: str | Path) -> Artifact:
         with tarfile.open(path, "r:") as tar:  # an artifact is an uncompressed tar
             members = tar.getmembers()
             _check_members(path, members)
-            tar.extract(LIBRARY, workdir.name, filter="data")
+            tar_extract.extract(tar, workdir.name, [LIBRARY])
             metadata = json.load(tar.extractfile(METADATA))
     except ArtifactError:
         workdir.cleanup()

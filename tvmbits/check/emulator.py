@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tvmbits import tar_extract
 from tvmbits.board.emulate import cache_dir, run_quiet
 from tvmbits.errors import TargetError
 
@@ -144,7 +145,7 @@ def _sources(root: Path, version: str, log) -> Path:
         )
         sdist = next(Path(tmp).glob("*.tar.gz"))
         with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
+            tar_extract.extract(tar, tmp)
         extracted = next(p for p in Path(tmp).iterdir() if p.is_dir())
         shutil.move(str(extracted), sources)
     return sources
