@@ -59,6 +59,9 @@ after it. Output channels are split into vectors of `LANES`:
   axis is channels is vectorised along them): inlining them into the kernel would redo them
   once per output channel.
 
+A `bitpack` that writes the zero-padded input of a padded bit-serial conv is split, fused or
+not, into a fill of its output with zero words (one flat loop, before the kernel's tiles) and
+the packing of the pixels into it, which is then tiled or parallelised as an unpadded packing.
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize, a layout transpose) inlined into the packing and its loops
 parallelised; `bitpack`'s 16 partial words (`bitpack_lanes`) are one vector step over channels
@@ -398,6 +401,7 @@ def _run_tiles(sch: s_tir.Schedule, tiles: Tiles, codes: list, packing: list, al
         planes, words = [], channel
     else:  # bitpack: each word's partial words computed at it, one vector step
         lanes, pack = packing[names.index("bitpack_lanes")], packing[names.index("bitpack")]
+        _fill_padding(sch, pack)
         sch.compute_at(lanes, sch.get_loops(pack)[-1])
         sch.vectorize(sch.get_loops(lanes)[-1])
         *spatial, plane, words = sch.get_loops(pack)
@@ -579,6 +583,8 @@ def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> Non
         if sch.get(block).name_hint == "bitpack_lanes":
             lanes = block
             continue
+        if sch.get(block).name_hint == "bitpack":
+            _fill_padding(sch, block)
         if lanes is not None and _reads_along_last_axis(sch, lanes):
             # codes contiguous in channels (NHWC): each word's partial words are one vector step
             _parallelize(sch, block)
@@ -590,6 +596,16 @@ def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> Non
         lanes = None
         if not _vectorize_along_input(sch, block):
             _parallelize(sch, block)
+
+
+def _fill_padding(sch: s_tir.Schedule, pack) -> None:
+    """Split a padded `bitpack` block (zero words around the packed pixels) into a fill of its
+    whole output with zero words, one flat loop (a memset for LLVM), and the packing of the pixels
+    into it (`decompose_padding`), whose loops then run over the pixels alone as an unpadded
+    packing's do. An unpadded `bitpack` is left as it is."""
+    outer = sch.get_loops(pack)[0]
+    if sch.can_decompose_padding(pack, outer):
+        sch.fuse(*sch.get_loops(sch.decompose_padding(pack, outer)))
 
 
 def _reads_along_last_axis(sch: s_tir.Schedule, block) -> bool:

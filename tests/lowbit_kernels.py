@@ -1,7 +1,8 @@
 """Build and run the low-bit ops the way the compiler chains them, for the op tests.
 
 Activations go through the TE packing op (`bitpack` / `subbyte_pack`) inside the same PrimFunc
-as the kernel, fed what the upstream op gives (int32 values for signed, codes otherwise);
+as the kernel, fed what the upstream op gives (int32 values for signed, codes otherwise), the
+bit-serial conv's input zero-padded by the packing where the conv reads it so;
 weights are packed with the numpy twin, as at compile time, and a bipolar conv's border table
 (`border_table`) is computed from them beforehand by its own function, as the compiler folds
 it at compile time: `main`'s inputs are `inputs(...)`, then the output. The PrimFunc is built
@@ -18,7 +19,7 @@ from tvm import te
 from tvm.s_tir import dlight
 
 from tvmbits.ops.bitpack import bitpack, pack_bits
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table, reads_padded_input
 from tvmbits.ops.bitserial_dense import bitserial_dense
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import block_weight, subbyte_pack
@@ -94,7 +95,10 @@ def kernel_te(kernel: str, data: te.Tensor, weight: te.Tensor, border: te.Tensor
     compute = conv if conv_args else dense
     if kernel == "bitserial":
         extra = {"border": border} if border is not None else {}
-        return compute(bitpack(data, act.bits), weight, channels, act, wgt, *conv_args, **extra)
+        padding = (0, 0, 0, 0)
+        if conv_args and reads_padded_input(act, wgt, Window.of(data.shape[1:3], weight.shape[1:3], *conv_args)):
+            padding, extra["padded_input"] = conv_args[1], True  # the packing writes the padded input
+        return compute(bitpack(data, act.bits, padding), weight, channels, act, wgt, *conv_args, **extra)
     return compute(subbyte_pack(data, act), weight, channels, out_channels, act, wgt, *conv_args)
 
 

@@ -5,11 +5,13 @@ import functools
 import numpy as np
 import pytest
 import tvm
-from tvm import te
+from tvm import s_tir, te
+from tvm.s_tir import dlight
 
 from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import block_weight, pack_subbyte_weight, per_byte, subbyte_pack, weight_values
+from tvmbits.schedules.cpu import LowBitCPU
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 CHANNELS = [1, 5, 31, 32, 33, 64, 70, 100]
@@ -120,3 +122,38 @@ def test_packed_planes_unpack_to_the_codes(bits):
     planes = ((packed[..., None] >> shifts) & 1).astype(np.int64).reshape(4, bits, -1)  # [4, bits, 96]
     assert not planes[..., 70:].any()
     assert (planes[..., :70] << np.arange(bits)[:, None]).sum(axis=1).tolist() == codes.tolist()
+
+
+@pytest.mark.parametrize("channels, bits, padding", [(5, 1, (1, 1, 1, 1)), (33, 2, (0, 2, 1, 0)), (64, 1, (2, 1, 0, 3))])
+@pytest.mark.parametrize("scheduled", [False, True], ids=["plain", "scheduled"])
+def test_padded_bitpack_writes_zero_words_around_the_pixels(channels, bits, padding, scheduled):
+    """The layout a padded bit-serial conv reads, written by its producer: NHWC codes packed with
+    rows and columns of zero words around them, equal to the numpy twin; the CPU schedule fills
+    the output with zeros in one flat loop and packs the pixels into it, with no test for the
+    border in the packing's loops."""
+    rng = np.random.default_rng(channels)
+    codes = rng.integers(-(1 << 8), 1 << 8, size=(2, 5, 4, channels))
+    top, left, bottom, right = padding
+    expected = pack_bits(codes, bits, padding)
+    assert expected.shape == (2, top + 5 + bottom, left + 4 + right, bits, -(-channels // 32))
+    assert not expected[:, :top].any() and not expected[:, :, :left].any()
+    assert expected[:, top:top + 5, left:left + 4].tolist() == pack_bits(codes, bits).tolist()
+    placeholder = te.placeholder(codes.shape, "int32", "codes")
+    packed = bitpack(placeholder, bits, padding)
+    mod = tvm.IRModule({"main": te.create_prim_func([placeholder, packed])})
+    if scheduled:
+        with TARGET:
+            mod = dlight.ApplyDefaultSchedule(LowBitCPU())(mod)
+        sch = s_tir.Schedule(mod["main"])
+        assert len(sch.get_loops(sch.get_sblock("bitpack_pad_const"))) == 1
+        words = sch.get(sch.get_sblock("bitpack"))
+        assert [int(v.dom.extent) for v in words.iter_vars][1:3] == [5, 4]  # the pixels alone
+        assert "if_then_else" not in words.body.script()  # no test for the border
+    out = tvm.runtime.tensor(np.full(expected.shape, 0xFFFFFFFF, np.uint32))  # no word left unwritten
+    tvm.compile(mod, target=TARGET)(tvm.runtime.tensor(codes.astype("int32")), out)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_padded_bitpack_needs_nhwc_codes():
+    with pytest.raises(ValueError, match="NHWC"):
+        bitpack(te.placeholder((3, 40), "int32"), 1, (1, 1, 1, 1))

@@ -14,7 +14,7 @@ from tvm.s_tir import dlight
 from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
 from tvmbits.ops import bitserial_conv2d as bitserial_conv2d_module
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table
+from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table, reads_padded_input
 from tvmbits.ops.bitserial_dense import bitserial_dense
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import bias, subbyte_pack, weight_offset
@@ -35,7 +35,7 @@ DENSE = {"bitserial": bitserial_dense, "subbyte": subbyte_dense}
 def lowered_module(kernel, op, a_shape, w_codes, act, wgt, conv_args, epilogue):
     """Relax: int32 activations → pack → kernel (op_pattern 4) → `epilogue`, as the compiler
     emits them (the sub-byte weight offset a constant, a bipolar conv's border table a function
-    of the weight constant, folded), fused."""
+    of the weight constant, folded, its input zero-padded by the packing), fused."""
     compute = (CONV if op == "conv2d" else DENSE)[kernel]
     sizes = (a_shape[-1],) if kernel == "bitserial" else (a_shape[-1], w_codes.shape[0])
     weight = relax.const(pack_weight(kernel, w_codes, wgt))
@@ -47,16 +47,21 @@ def lowered_module(kernel, op, a_shape, w_codes, act, wgt, conv_args, epilogue):
     x = relax.Var("x", relax.TensorType(a_shape, "int32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            packed = bb.emit_te(partial(PACKING[kernel], act=act), x, primfunc_name_hint=PACK_NAMES[kernel])
+            pack = partial(PACKING[kernel], act=act)
+            if kernel == "bitserial" and window is not None and reads_padded_input(act, wgt, window):
+                pack = partial(bitpack, bits=act.bits, padding=window.padding)  # the padded input
+                extra["padded_input"] = True
+            packed = bb.emit_te(pack, x, primfunc_name_hint=PACK_NAMES[kernel])
             if kernel == "bitserial" and window is not None and reads_border_table(act, wgt, window):
                 extra["border"] = bb.emit_te(lambda w: border_table(w, a_shape[-1], window), weight,
                                              primfunc_name_hint="bitserial_border")
-            keys = list(extra)
+            tensors = {key: value for key, value in extra.items() if not isinstance(value, bool)}
+            flags = {key: value for key, value in extra.items() if isinstance(value, bool)}
             acc = bb.emit_te(
-                lambda d, w, *rest: compute(d, w, *sizes, act, wgt, *conv_args, **dict(zip(keys, rest))),
+                lambda d, w, *rest: compute(d, w, *sizes, act, wgt, *conv_args, **dict(zip(tensors, rest)), **flags),
                 packed,
                 weight,
-                *extra.values(),
+                *tensors.values(),
                 primfunc_name_hint=f"{kernel}_{op}",
                 primfunc_attrs={"op_pattern": 4},
             )
@@ -178,9 +183,10 @@ def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt, monkeypatch):
     name = f"fused_{kernel}_conv2d_cast_multiply_add_greater"
     assert scheduled[name].attrs["tirx.is_scheduled"]
     # the int32 accumulation never reaches memory: the one local buffer is the accumulators; the
-    # global ones are the weights regrouped by output-channel group and the zero-padded input
-    # (bit-serial; a bipolar conv's border table is an input, folded at compile time), or the
-    # padded input alone (sub-byte: the kernel reads its weights as bytes, unpacked at load)
+    # global ones are the weights regrouped by output-channel group (bit-serial: its input comes
+    # zero-padded from the packing; a bipolar conv's border table is an input, folded at compile
+    # time), or the padded input alone (sub-byte: the kernel reads its weights as bytes, unpacked
+    # at load)
     func = scheduled[name]
     buffers = [(b.scope(), str(b.dtype), [int(d) for d in b.shape]) for b in func.body.block.alloc_buffers]
     assert [dtype for scope, dtype, _ in buffers if scope == "local"] == ["int32"]
@@ -190,6 +196,8 @@ def test_fused_conv2d_with_threshold_epilogue(kernel, act, wgt, monkeypatch):
     assert ([3, 2, 8] in inputs) == border  # [row classes, column classes, O]
     others = {dtype for scope, dtype, _ in buffers if scope == "global" and dtype != "int32"}
     assert others == ({"uint32"} if kernel == "bitserial" else {"uint8"})
+    if kernel == "bitserial":  # the kernel reads the padded packing as it is
+        assert [2, 1 + 7 + 2, 6 + 1, act.bits, 2] in inputs and "bitserial_pad" not in func.script()
     acc = reference.conv2d_nhwc(act.decode(a), wgt.decode(w), *conv_args).astype(np.float32)
     expected = acc * scale + bias > 0
     np.testing.assert_array_equal(run(scheduled, a, act), expected)

@@ -7,8 +7,11 @@ first binarized layer's input (the float stem's result) is packed by a function 
 import numpy as np
 import onnx
 import pytest
+import tvm
 
 import tvmbits
+from tvmbits.compiler import CompileOptions, plan_model
+from tvmbits.passes import pipeline
 from onnx_models import dyadic_input, residual_bnn
 from test_compile_bnn import onnxruntime_outputs
 
@@ -36,3 +39,28 @@ def test_layout_changes_only_at_the_edges():
     of the conv, which ConvertLayout kept NCHW, 7 transposes in this model)."""
     art = tvmbits.compile(residual_bnn(channels=64, size=9), "x86_64", use_tuning=False)
     assert art.metadata["layout_transposes"] == 3  # the input, the two outputs
+
+
+def test_producers_write_the_zero_padded_input_each_conv_reads():
+    """Where a binarized conv reads its input zero-padded (its output large enough for the border
+    table: both 3×3 layers at 16×16), the packing that produces the input writes it so, filling
+    the zero words in one flat loop, and the conv's own function makes no padded copy: the stem's
+    result packed by a function of its own, the first layer's in its kernel; the third layer
+    (no padding) reads the plain packing. The outputs still equal ONNX Runtime's."""
+    model = residual_bnn(channels=64, size=16)
+    planned = plan_model(model, CompileOptions(target="x86_64", use_tuning=False))
+    mod = pipeline.run(planned.mod, pipeline.build_phases(planned.target))
+    funcs = {gv.name_hint: func for gv, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)}
+    scripts = {name: func.script() for name, func in funcs.items()}
+    convs = [name for name, script in scripts.items() if 'T.sblock("bitserial_conv2d_update")' in script]
+    assert len(convs) == 3 and not any("bitserial_pad" in scripts[name] for name in convs)
+    padded = [name for name, script in scripts.items() if 'T.sblock("bitpack_pad_const")' in script]
+    assert sorted("conv2d" in name for name in padded) == [False, True], padded
+    for name in padded:
+        packed = [int(d) for d in funcs[name].params[-1].ty.shape]
+        assert packed == [1, 18, 18, 1, 2] and "T.if_then_else" not in scripts[name]
+    compiled = tvmbits.load(tvmbits.compile(model, "x86_64", use_tuning=False))
+    x = dyadic_input([1, 3, 16, 16], seed=3)
+    got = compiled(input=x)
+    for name, want in zip(["output", "r0"], onnxruntime_outputs(model, x)):
+        np.testing.assert_array_equal(got[name], want)

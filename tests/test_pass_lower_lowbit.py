@@ -21,14 +21,16 @@ BIPOLAR = Encoding("bipolar", 1)
 
 
 def expected(border: bool = False) -> tvm.IRModule:
-    """With `border`, the 5×5 output reads its input zero-padded, and the kernel takes the
-    weights' border table from its own call on the weight constant."""
+    """With `border`, the 5×5 output reads its input zero-padded, written so by the packing,
+    and the kernel takes the weights' border table from its own call on the weight constant."""
     builder = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 5, 5, 2), "float32"))
     with builder.function("main", [x]):
         with builder.dataflow():
             codes = builder.emit_te(binarize, x, primfunc_name_hint="binarize", primfunc_attrs={BINARIZE: True})
-            packed = builder.emit_te(bitpack, codes, 1, primfunc_name_hint="bitpack", primfunc_attrs={PACKING: True})
+            padding = (1, 1, 1, 1) if border else (0, 0, 0, 0)
+            packed = builder.emit_te(bitpack, codes, 1, padding, primfunc_name_hint="bitpack",
+                                     primfunc_attrs={PACKING: True})
             weight = relax.const(pack_bits(BIPOLAR.encode(np.where(W_BINARY >= 0, 1, -1)), 1))
             tables = []
             if border:
@@ -37,7 +39,8 @@ def expected(border: bool = False) -> tvm.IRModule:
                                               primfunc_name_hint="bitserial_border"))
             acc = builder.emit_te(
                 lambda d, w, *table: bitserial_conv2d_nhwc(d, w, 2, BIPOLAR, BIPOLAR, (1, 1), (1, 1, 1, 1),
-                                                           **({"border": table[0]} if table else {})),
+                                                           **({"border": table[0], "padded_input": True}
+                                                              if table else {})),
                 packed, weight, *tables, primfunc_name_hint="bitserial_conv2d",
                 primfunc_attrs={"op_pattern": 4, KERNEL: True},
             )

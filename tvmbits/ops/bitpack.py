@@ -5,6 +5,13 @@ plane i is bit i of the code at channel 32·w + b. Channels ≥ C (the tail of t
 bits in every plane; the bit-serial kernels rely on that. Codes are read as two's complement,
 so int32 signed *values* pack the same as their k-bit codes.
 
+With `padding` (top, left, bottom, right), NHWC codes `[N, H, W, C]` pack into
+`[N, top + H + bottom, left + W + right, bits, ceil(C/32)]` with zero words around the packed
+pixels: the input a padded bit-serial conv reads (`bitserial_conv2d_nhwc(padded_input=True)`),
+written by its producer, so that the conv needs no padded copy of its own. The words are one
+compute, zero where the padding is (the pattern `s_tir.Schedule.decompose_padding` splits into a
+fill and a copy of the packed pixels).
+
 `bitpack` is the TE compute run on activations; `pack_bits` is the numpy twin used to pack
 constant weights at compile time. Both give identical words.
 """
@@ -37,20 +44,23 @@ def check_packed(packed: te.Tensor, encoding: Encoding, channels: int, what: str
         )
 
 
-def bitpack(codes: te.Tensor, bits: int) -> te.Tensor:
+def bitpack(codes: te.Tensor, bits: int, padding: tuple[int, int, int, int] = (0, 0, 0, 0)) -> te.Tensor:
     """Pack the low `bits` bits of integer `codes` along the last axis (TE compute `bitpack`).
 
     Parameters
     ----------
     codes : te.Tensor
-        Integer tensor `[..., C]`.
+        Integer tensor `[..., C]`; NHWC `[N, H, W, C]` where `padding` is not all zero.
     bits : int
         Number of bit planes (1 … 8).
+    padding : (int, int, int, int)
+        (top, left, bottom, right) rows and columns of zero words around the packed pixels.
 
     Returns
     -------
     te.Tensor
-        uint32 `[..., bits, ceil(C/32)]`.
+        uint32 `[..., bits, ceil(C/32)]`, or `[N, top + H + bottom, left + W + right, bits,
+        ceil(C/32)]` with `padding`.
     """
     *lead, channels = (int(d) for d in codes.shape)
 
@@ -73,15 +83,32 @@ def bitpack(codes: te.Tensor, bits: int) -> te.Tensor:
             packed = packed | lanes(*index, lane)
         return packed
 
-    return te.compute((*lead, bits, words(channels)), word, name="bitpack")
+    if not any(padding):
+        return te.compute((*lead, bits, words(channels)), word, name="bitpack")
+    if len(lead) != 3:
+        raise ValueError(f"padded bitpack packs NHWC codes, got shape {[*lead, channels]}")
+    batch, height, width = lead
+    top, left, bottom, right = (int(p) for p in padding)
+
+    def padded(n, y, x, plane, w):
+        inside = tirx.all(y >= top, y < top + height, x >= left, x < left + width)
+        return tirx.if_then_else(inside, word(n, y - top, x - left, plane, w), tirx.const(0, "uint32"))
+
+    shape = (batch, top + height + bottom, left + width + right, bits, words(channels))
+    return te.compute(shape, padded, name="bitpack")
 
 
-def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Numpy twin of `bitpack`: integer `[..., C]` → uint32 `[..., bits, ceil(C/32)]`."""
+def pack_bits(codes: np.ndarray, bits: int, padding: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
+    """Numpy twin of `bitpack`: integer `[..., C]` → uint32 `[..., bits, ceil(C/32)]`, with
+    `padding` around the pixels of NHWC codes as `bitpack` has it."""
     codes = np.asarray(codes).astype(np.int64)
     *lead, channels = codes.shape
     padded = np.zeros((*lead, words(channels) * WORD_BITS), np.int64)
     padded[..., :channels] = codes
     planes = (padded[..., None, :] >> np.arange(bits)[:, None]) & 1  # [..., bits, CW·32]
     planes = planes.reshape(*lead, bits, -1, WORD_BITS).astype(np.uint64)
-    return (planes << np.arange(WORD_BITS, dtype=np.uint64)).sum(axis=-1).astype(np.uint32)
+    packed = (planes << np.arange(WORD_BITS, dtype=np.uint64)).sum(axis=-1).astype(np.uint32)
+    top, left, bottom, right = padding
+    if not any(padding):
+        return packed
+    return np.pad(packed, [(0, 0), (top, bottom), (left, right), (0, 0), (0, 0)])

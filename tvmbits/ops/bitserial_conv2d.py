@@ -9,9 +9,11 @@ per pixel by `window_offset` and added after the reduction).
 Padded taps contribute 0, also for bipolar activations (a padded pixel is value 0, not −1).
 
 So that the hot loop tests no tap for padding, the kernel reads its input padded with zero
-words (`bitserial_pad`, a copy a few rows larger than the packed input) wherever a zero word
-is worth what a padded tap must count: value 0 for unsigned and signed activation codes,
-whatever the weights. A bipolar zero word is −1, not 0: for bipolar × bipolar each padded tap
+words wherever a zero word is worth what a padded tap must count (`reads_padded_input`): value 0
+for unsigned and signed activation codes, whatever the weights. The compiler has the producer
+write that padded layout (`bitpack` with the conv's padding, `padded_input=True`), so the conv
+function makes no copy; given the packed input alone, the kernel makes the padded copy itself
+(`bitserial_pad`, a few rows larger than the packed input). A bipolar zero word is −1, not 0: for bipolar × bipolar each padded tap
 adds popc(W) mismatches, so the epilogue's n (`bipolar_dot`) is read from `border_table`,
 C·(taps inside) + 2·Σ popc(W) over the padded taps, one row of O entries per border class
 (`Window.border_class`: a handful of classes), where the output is large enough for the
@@ -43,6 +45,7 @@ def bitserial_conv2d_nhwc(
     padding: tuple[int, int, int, int],
     offset: te.Tensor | None = None,
     border: te.Tensor | None = None,
+    padded_input: bool = False,
 ) -> te.Tensor:
     """Exact integer conv2d of packed codes (layouts in the module docstring).
 
@@ -65,6 +68,10 @@ def bitserial_conv2d_nhwc(
     border : te.Tensor, optional
         `border_table` of the same weights and window, computed beforehand (the compiler folds it
         into a constant); required where `reads_border_table`, unused elsewhere.
+    padded_input : bool
+        `data` holds the padding already, as `bitpack(..., padding)` writes it: `[N, top + H +
+        bottom, left + W + right, ...]`, zero words around the pixels; only where
+        `reads_padded_input`.
 
     Returns
     -------
@@ -76,6 +83,9 @@ def bitserial_conv2d_nhwc(
     in_channels = int(in_channels)
     check_packed(data, act, in_channels, "data")
     check_packed(weight, wgt, in_channels, "weight")
+    top, left, bottom, right = (int(p) for p in padding)
+    if padded_input:
+        height, width = height - top - bottom, width - left - right
     window = Window.of((height, width), (kernel_h, kernel_w), strides, padding)
     ky = te.reduce_axis((0, kernel_h), "ky")
     kx = te.reduce_axis((0, kernel_w), "kx")
@@ -83,9 +93,11 @@ def bitserial_conv2d_nhwc(
     bipolar = is_bipolar_pair(act, wgt)
     if reads_border_table(act, wgt, window) and border is None:
         raise ValueError("a bipolar conv over a padded input needs its border table (`border_table`)")
-    padded = any(padding) and (reads_border_table(act, wgt, window) if bipolar else not act.offset)
+    padded = reads_padded_input(act, wgt, window)
+    if padded_input and not padded:
+        raise ValueError(f"a {act} × {wgt} conv with padding {padding} reads its input unpadded")
     read = window.padded() if padded else window
-    source = pad_packed(data, padding) if padded else data
+    source = data if padded_input or not padded else pad_packed(data, padding)
 
     def output(n, y, x, o):
         row, col, inside = read.tap(y, x, ky, kx)
@@ -107,8 +119,17 @@ def bitserial_conv2d_nhwc(
     if not has_offset(act, wgt):
         return out
     if offset is None:
-        offset = window_offset(data, in_channels, act, wgt, (kernel_h, kernel_w), strides, padding)
+        offset = window_offset(source, in_channels, act, wgt, (kernel_h, kernel_w), strides, read.padding)
     return te.compute(out.shape, lambda n, y, x, o: out[n, y, x, o] + offset[n, y, x], name="bitserial_add_offset")
+
+
+def reads_padded_input(act: Encoding, wgt: Encoding, window: Window) -> bool:
+    """Whether the conv of `act` × `wgt` codes over `window` reads its input padded with zero
+    words (module docstring): the window pads, and the activations are unsigned or signed codes
+    (a zero word is value 0), or bipolar × bipolar where `reads_border_table`."""
+    if not any(window.padding):
+        return False
+    return reads_border_table(act, wgt, window) if is_bipolar_pair(act, wgt) else not act.offset
 
 
 def reads_border_table(act: Encoding, wgt: Encoding, window: Window) -> bool:

@@ -4,7 +4,8 @@ In every function of the module, a call of a layer function (`layers.py`) whose 
 low-bit, `y = layer(x)` holding `conv2d(x, W)` (NHWC/OHWI) or `matmul(x, W)`, becomes
 
     codes  = binarize(z) | quantize(x, act_scale, act_zero_point)  # Sign(z) feeding it absorbed
-    packed = bitpack(codes) | subbyte_pack(codes)
+    packed = bitpack(codes[, padding]) | subbyte_pack(codes)  # padding: the zero words a padded
+                                            # bit-serial conv reads (`reads_padded_input`), on CPUs
     W      = W_packed | subbyte_unpack_weight(W_packed)  # the latter for ≤ 4-bit sub-byte weights
     acc    = <kernel>(packed, W[, offset | border])  # int32; W packed here; offset: the
                                             # sub-byte weight_offset or the bit-serial β term;
@@ -37,7 +38,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvmbits.ops import reference
 from tvmbits.ops.bitpack import bitpack, pack_bits
-from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table, window_offset
+from tvmbits.ops.bitserial_conv2d import (bitserial_conv2d_nhwc, border_table, reads_border_table, reads_padded_input,
+                                          window_offset)
 from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
 from tvmbits.ops.bitserial_gemm import bitserial_conv2d_gemm, bitserial_dense_gemm, weight_sums
 from tvmbits.ops.bitserial_term import has_offset
@@ -106,8 +108,11 @@ class _Rewriter(PyExprMutator):
         values = plan.weight_values
         extra = {}  # the kernel's keyword arguments after the weight: inputs computed beforehand
         if plan.kernel == "bitserial":
-            packed = self.builder_.emit_te(bitpack, codes, plan.act.bits, primfunc_name_hint="bitpack",
-                                           primfunc_attrs=PACKING_ATTRS)
+            # the conv's zero-padded input written by the packing (the CUDA GEMM forms pad their own)
+            padded = not gemm_form and window is not None and reads_padded_input(plan.act, plan.wgt, window)
+            padding = window.padding if padded else (0, 0, 0, 0)
+            packed = self.builder_.emit_te(lambda data: bitpack(data, plan.act.bits, padding), codes,
+                                           primfunc_name_hint="bitpack", primfunc_attrs=PACKING_ATTRS)
             inputs = [packed, relax.const(pack_bits(plan.wgt.encode(values), plan.wgt.bits))]
             kernel = bitserial_conv2d_nhwc if layer.op == "conv2d" else bitserial_dense
             sizes = (channels,)
@@ -115,7 +120,9 @@ class _Rewriter(PyExprMutator):
                 kernel = GEMM_FORMS[kernel]
                 extra = self._gemm_terms(plan, inputs, channels, conv_args, window)
             else:
-                extra = self._bitserial_terms(plan, inputs, channels, conv_args, window)
+                extra = self._bitserial_terms(plan, inputs, channels, conv_args, window, padded)
+            if padded:
+                kernel = partial(kernel, padded_input=True)
         else:
             packed = self.builder_.emit_te(partial(subbyte_pack, act=plan.act), codes,
                                            primfunc_name_hint="subbyte_pack", primfunc_attrs=PACKING_ATTRS)
@@ -154,13 +161,16 @@ class _Rewriter(PyExprMutator):
                                      primfunc_name_hint=UNPACK, primfunc_attrs=UNPACKING)
 
     def _bitserial_terms(self, plan: LayerPlan, inputs: list, channels: int, conv_args: tuple,
-                         window: Window | None) -> dict:
+                         window: Window | None, padded: bool) -> dict:
         """The bit-serial kernel's inputs computed beforehand, by keyword: the β term
         (`bitserial_offset`, its own function, so that FuseOps hands it to the kernel as an input
-        its epilogue reads) and the bipolar conv's border table (`bitserial_border`, a function of
-        the constant weights that FoldConstant folds)."""
+        its epilogue reads; over the zero-padded input where `padded`, whose zero words add 0)
+        and the bipolar conv's border table (`bitserial_border`, a function of the constant
+        weights that FoldConstant folds)."""
         packed, weight = inputs
         if has_offset(plan.act, plan.wgt):
+            if padded:
+                conv_args = (conv_args[0], (0, 0, 0, 0))
             return {"offset": self.builder_.emit_te(self._offset(plan, channels, conv_args), packed,
                                                     primfunc_name_hint="bitserial_offset")}
         if window is not None and reads_border_table(plan.act, plan.wgt, window):
