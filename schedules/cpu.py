@@ -59,9 +59,10 @@ after it. Output channels are split into vectors of `LANES`:
   axis is channels is vectorised along them): inlining them into the kernel would redo them
   once per output channel.
 
-A `bitpack` that writes the zero-padded input of a padded bit-serial conv is split, fused or
-not, into a fill of its output with zero words (one flat loop, before the kernel's tiles) and
-the packing of the pixels into it, which is then tiled or parallelised as an unpadded packing.
+A `bitpack` that writes the zero-padded input of a padded bit-serial conv comes split into a
+fill of its output with zero words (`ZERO_FILL`, run as one flat loop, before the kernel's tiles
+where the packing is fused) and the packing of the pixels into it, tiled or parallelised as an
+unpadded packing is.
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize, a layout transpose) inlined into the packing and its loops
 parallelised; `bitpack`'s 16 partial words (`bitpack_lanes`) are one vector step over channels
@@ -81,7 +82,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from tvmbits.ops.bitpack import WORD_BITS
+from tvmbits.ops.bitpack import WORD_BITS, ZERO_FILL
 from tvmbits.ops.subbyte import BLOCK, DATA_MAX, DOT, WEIGHT_MAX
 from tvmbits.schedules import arm_dot, vnni
 from tvmbits.schedules.arm_dot import ARM_INTRINSICS, arm_intrinsic, dot_tiles
@@ -285,7 +286,9 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     packing = [block for block in tail if sch.get(block).name_hint in PACKS]
     stranded = []
     for epilogue in tail:
-        if sch.get(epilogue).name_hint in PACKS:
+        if sch.get(epilogue).name_hint == ZERO_FILL:  # of the padded packing, before the kernel's tiles
+            _flatten(sch, epilogue)
+        if sch.get(epilogue).name_hint in (*PACKS, ZERO_FILL):
             continue
         try:
             sch.reverse_compute_inline(epilogue)
@@ -401,7 +404,6 @@ def _run_tiles(sch: s_tir.Schedule, tiles: Tiles, codes: list, packing: list, al
         planes, words = [], channel
     else:  # bitpack: each word's partial words computed at it, one vector step
         lanes, pack = packing[names.index("bitpack_lanes")], packing[names.index("bitpack")]
-        _fill_padding(sch, pack)
         sch.compute_at(lanes, sch.get_loops(pack)[-1])
         sch.vectorize(sch.get_loops(lanes)[-1])
         *spatial, plane, words = sch.get_loops(pack)
@@ -583,8 +585,9 @@ def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> Non
         if sch.get(block).name_hint == "bitpack_lanes":
             lanes = block
             continue
-        if sch.get(block).name_hint == "bitpack":
-            _fill_padding(sch, block)
+        if sch.get(block).name_hint == ZERO_FILL:
+            _flatten(sch, block)
+            continue
         if lanes is not None and _reads_along_last_axis(sch, lanes):
             # codes contiguous in channels (NHWC): each word's partial words are one vector step
             _parallelize(sch, block)
@@ -598,14 +601,9 @@ def _schedule_packing(sch: s_tir.Schedule, blocks: list, first_pack: int) -> Non
             _parallelize(sch, block)
 
 
-def _fill_padding(sch: s_tir.Schedule, pack) -> None:
-    """Split a padded `bitpack` block (zero words around the packed pixels) into a fill of its
-    whole output with zero words, one flat loop (a memset for LLVM), and the packing of the pixels
-    into it (`decompose_padding`), whose loops then run over the pixels alone as an unpadded
-    packing's do. An unpadded `bitpack` is left as it is."""
-    outer = sch.get_loops(pack)[0]
-    if sch.can_decompose_padding(pack, outer):
-        sch.fuse(*sch.get_loops(sch.decompose_padding(pack, outer)))
+def _flatten(sch: s_tir.Schedule, block) -> None:
+    """Run the block's loops as one (a padded packing's zero fill: a memset for LLVM)."""
+    sch.fuse(*sch.get_loops(block))
 
 
 def _reads_along_last_axis(sch: s_tir.Schedule, block) -> bool:

@@ -8,7 +8,7 @@ import tvm
 from tvm import s_tir, te
 from tvm.s_tir import dlight
 
-from tvmbits.ops.bitpack import bitpack, pack_bits
+from tvmbits.ops.bitpack import bitpack, fill_then_pack, pack_bits
 from tvmbits.ops.encoding import Encoding
 from tvmbits.ops.subbyte import block_weight, pack_subbyte_weight, per_byte, subbyte_pack, weight_values
 from tvmbits.schedules.cpu import LowBitCPU
@@ -128,9 +128,10 @@ def test_packed_planes_unpack_to_the_codes(bits):
 @pytest.mark.parametrize("scheduled", [False, True], ids=["plain", "scheduled"])
 def test_padded_bitpack_writes_zero_words_around_the_pixels(channels, bits, padding, scheduled):
     """The layout a padded bit-serial conv reads, written by its producer: NHWC codes packed with
-    rows and columns of zero words around them, equal to the numpy twin; the CPU schedule fills
-    the output with zeros in one flat loop and packs the pixels into it, with no test for the
-    border in the packing's loops."""
+    rows and columns of zero words around them, equal to the numpy twin, also split into a zero
+    fill and the packing of the pixels (`fill_then_pack`, as the compiler emits it), which the
+    CPU schedule runs as one flat loop and the packing's loops over the pixels alone, with no
+    test for the border."""
     rng = np.random.default_rng(channels)
     codes = rng.integers(-(1 << 8), 1 << 8, size=(2, 5, 4, channels))
     top, left, bottom, right = padding
@@ -142,6 +143,8 @@ def test_padded_bitpack_writes_zero_words_around_the_pixels(channels, bits, padd
     packed = bitpack(placeholder, bits, padding)
     mod = tvm.IRModule({"main": te.create_prim_func([placeholder, packed])})
     if scheduled:
+        mod["main"] = fill_then_pack(mod["main"])
+        assert int(mod["main"].attrs["op_pattern"]) == 2  # injective, as unsplit
         with TARGET:
             mod = dlight.ApplyDefaultSchedule(LowBitCPU())(mod)
         sch = s_tir.Schedule(mod["main"])

@@ -12,7 +12,7 @@ from tvm import relax, te, topi
 from tvm.s_tir import dlight
 
 from tvmbits.ops import reference
-from tvmbits.ops.bitpack import bitpack, pack_bits
+from tvmbits.ops.bitpack import bitpack, fill_then_pack, pack_bits
 from tvmbits.ops import bitserial_conv2d as bitserial_conv2d_module
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table, reads_border_table, reads_padded_input
 from tvmbits.ops.bitserial_dense import bitserial_dense
@@ -52,6 +52,9 @@ def lowered_module(kernel, op, a_shape, w_codes, act, wgt, conv_args, epilogue):
                 pack = partial(bitpack, bits=act.bits, padding=window.padding)  # the padded input
                 extra["padded_input"] = True
             packed = bb.emit_te(pack, x, primfunc_name_hint=PACK_NAMES[kernel])
+            if extra.get("padded_input"):
+                packing = bb.lookup_binding(packed).args[0]
+                bb.update_func(packing, fill_then_pack(bb.get()[packing]))
             if kernel == "bitserial" and window is not None and reads_border_table(act, wgt, window):
                 extra["border"] = bb.emit_te(lambda w: border_table(w, a_shape[-1], window), weight,
                                              primfunc_name_hint="bitserial_border")

@@ -8,10 +8,12 @@ import numpy as np
 import onnx
 import pytest
 import tvm
+from tvm import s_tir
 
 import tvmbits
 from tvmbits.compiler import CompileOptions, plan_model
 from tvmbits.passes import pipeline
+from tvmbits.schedules.cpu import schedule_lowbit
 from onnx_models import dyadic_input, residual_bnn
 from test_compile_bnn import onnxruntime_outputs
 
@@ -49,7 +51,9 @@ def test_producers_write_the_zero_padded_input_each_conv_reads():
     (no padding) reads the plain packing. The outputs still equal ONNX Runtime's."""
     model = residual_bnn(channels=64, size=16)
     planned = plan_model(model, CompileOptions(target="x86_64", use_tuning=False))
-    mod = pipeline.run(planned.mod, pipeline.build_phases(planned.target))
+    kernels = pipeline.run(planned.mod, pipeline.kernel_phases(planned.target))
+    unscheduled = {gv.name_hint: func for gv, func in kernels.functions.items()}  # (Schedule updates `kernels`)
+    mod = pipeline.Schedule(planned.target)(kernels)
     funcs = {gv.name_hint: func for gv, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)}
     scripts = {name: func.script() for name, func in funcs.items()}
     convs = [name for name, script in scripts.items() if 'T.sblock("bitserial_conv2d_update")' in script]
@@ -59,6 +63,11 @@ def test_producers_write_the_zero_padded_input_each_conv_reads():
     for name in padded:
         packed = [int(d) for d in funcs[name].params[-1].ty.shape]
         assert packed == [1, 18, 18, 1, 2] and "T.if_then_else" not in scripts[name]
+        # `tvmbits tune`'s design space over the function prints as a trace (MetaSchedule prints them)
+        sch = s_tir.Schedule(unscheduled[name])
+        with planned.target:
+            assert schedule_lowbit(sch, planned.target, tunable=True)
+        assert "decompose_padding" not in str(sch.trace)
     compiled = tvmbits.load(tvmbits.compile(model, "x86_64", use_tuning=False))
     x = dyadic_input([1, 3, 16, 16], seed=3)
     got = compiled(input=x)

@@ -6,7 +6,7 @@ import tvm
 from tvm import relax
 
 from test_pass_plan_layers import W_BINARY, W_FLOAT, Before
-from tvmbits.ops.bitpack import bitpack, pack_bits
+from tvmbits.ops.bitpack import bitpack, fill_then_pack, pack_bits
 from tvmbits.ops import bitserial_conv2d as bitserial_conv2d_module
 from tvmbits.ops.bitserial_conv2d import bitserial_conv2d_nhwc, border_table
 from tvmbits.ops.encoding import Encoding
@@ -31,6 +31,9 @@ def expected(border: bool = False) -> tvm.IRModule:
             padding = (1, 1, 1, 1) if border else (0, 0, 0, 0)
             packed = builder.emit_te(bitpack, codes, 1, padding, primfunc_name_hint="bitpack",
                                      primfunc_attrs={PACKING: True})
+            if border:  # split into the zero fill and the packing of the pixels
+                packing = builder.lookup_binding(packed).args[0]
+                builder.update_func(packing, fill_then_pack(builder.get()[packing]))
             weight = relax.const(pack_bits(BIPOLAR.encode(np.where(W_BINARY >= 0, 1, -1)), 1))
             tables = []
             if border:

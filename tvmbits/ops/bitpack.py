@@ -9,19 +9,20 @@ With `padding` (top, left, bottom, right), NHWC codes `[N, H, W, C]` pack into
 `[N, top + H + bottom, left + W + right, bits, ceil(C/32)]` with zero words around the packed
 pixels: the input a padded bit-serial conv reads (`bitserial_conv2d_nhwc(padded_input=True)`),
 written by its producer, so that the conv needs no padded copy of its own. The words are one
-compute, zero where the padding is (the pattern `s_tir.Schedule.decompose_padding` splits into a
-fill and a copy of the packed pixels).
+compute, zero where the padding is; `fill_then_pack` splits its PrimFunc into a zero fill of
+the output and the packing of the pixels into it.
 
 `bitpack` is the TE compute run on activations; `pack_bits` is the numpy twin used to pack
 constant weights at compile time. Both give identical words.
 """
 
 import numpy as np
-from tvm import te, tirx
+from tvm import s_tir, te, tirx
 
 from tvmbits.ops.encoding import Encoding
 
 WORD_BITS = 32
+ZERO_FILL = "bitpack_pad_const"  # the block `fill_then_pack` adds
 # `bitpack` gathers a word's bits in two steps: LANES partial words, each with the bits of the
 # channels ≡ lane (mod LANES), then their OR. The first step reads LANES consecutive codes at a
 # time, so a schedule can make it vector loads, compares and shifts over channels (a word
@@ -96,6 +97,20 @@ def bitpack(codes: te.Tensor, bits: int, padding: tuple[int, int, int, int] = (0
 
     shape = (batch, top + height + bottom, left + width + right, bits, words(channels))
     return te.compute(shape, padded, name="bitpack")
+
+
+def fill_then_pack(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func`, a PrimFunc of a padded `bitpack`, with its words split into a fill of the whole
+    output with zero words (block `ZERO_FILL`) and then the packing of the pixels into it, whose
+    loops run over the pixels alone, as an unpadded packing's do (TVM's `decompose_padding`,
+    applied here, once, rather than by the schedules: TVM 0.27 cannot print a schedule trace
+    holding it, which MetaSchedule does). Marked injective (op_pattern 2) as the unsplit
+    packing is: TVM's analysis takes two blocks writing one buffer as opaque, and FuseOps would
+    then not fuse the binarize or quantize before it into it."""
+    sch = s_tir.Schedule(func)
+    words = sch.get_sblock("bitpack")
+    sch.decompose_padding(words, sch.get_loops(words)[0])
+    return sch.mod["main"].with_attr("op_pattern", 2)
 
 
 def pack_bits(codes: np.ndarray, bits: int, padding: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:

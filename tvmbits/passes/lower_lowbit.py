@@ -5,7 +5,8 @@ low-bit, `y = layer(x)` holding `conv2d(x, W)` (NHWC/OHWI) or `matmul(x, W)`, be
 
     codes  = binarize(z) | quantize(x, act_scale, act_zero_point)  # Sign(z) feeding it absorbed
     packed = bitpack(codes[, padding]) | subbyte_pack(codes)  # padding: the zero words a padded
-                                            # bit-serial conv reads (`reads_padded_input`), on CPUs
+                                            # bit-serial conv reads (`reads_padded_input`), on CPUs;
+                                            # its PrimFunc split by `fill_then_pack`
     W      = W_packed | subbyte_unpack_weight(W_packed)  # the latter for ≤ 4-bit sub-byte weights
     acc    = <kernel>(packed, W[, offset | border])  # int32; W packed here; offset: the
                                             # sub-byte weight_offset or the bit-serial β term;
@@ -37,7 +38,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvmbits.ops import reference
-from tvmbits.ops.bitpack import bitpack, pack_bits
+from tvmbits.ops.bitpack import bitpack, fill_then_pack, pack_bits
 from tvmbits.ops.bitserial_conv2d import (bitserial_conv2d_nhwc, border_table, reads_border_table, reads_padded_input,
                                           window_offset)
 from tvmbits.ops.bitserial_dense import bitserial_dense, row_offset
@@ -113,6 +114,9 @@ class _Rewriter(PyExprMutator):
             padding = window.padding if padded else (0, 0, 0, 0)
             packed = self.builder_.emit_te(lambda data: bitpack(data, plan.act.bits, padding), codes,
                                            primfunc_name_hint="bitpack", primfunc_attrs=PACKING_ATTRS)
+            if padded:
+                packing = self.builder_.lookup_binding(packed).args[0]
+                self.builder_.update_func(packing, fill_then_pack(self.builder_.get()[packing]))
             inputs = [packed, relax.const(pack_bits(plan.wgt.encode(values), plan.wgt.bits))]
             kernel = bitserial_conv2d_nhwc if layer.op == "conv2d" else bitserial_dense
             sizes = (channels,)
