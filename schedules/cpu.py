@@ -63,6 +63,7 @@ A `bitpack` that writes the zero-padded input of a padded bit-serial conv comes 
 fill of its output with zero words (`ZERO_FILL`, run as one flat loop, before the kernel's tiles
 where the packing is fused) and the packing of the pixels into it, tiled or parallelised as an
 unpadded packing is.
+
 A PrimFunc whose blocks include `bitpack` or `subbyte_pack` and no kernel gets its elementwise
 producers (binarize, quantize, a layout transpose) inlined into the packing and its loops
 parallelised; `bitpack`'s 16 partial words (`bitpack_lanes`) are one vector step over channels
@@ -286,9 +287,10 @@ def _schedule_kernel(sch: s_tir.Schedule, blocks: list, index: int, target: Targ
     packing = [block for block in tail if sch.get(block).name_hint in PACKS]
     stranded = []
     for epilogue in tail:
-        if sch.get(epilogue).name_hint == ZERO_FILL:  # of the padded packing, before the kernel's tiles
+        if sch.get(epilogue).name_hint == ZERO_FILL:  # of a padded packing: it stays before the tiles
             _flatten(sch, epilogue)
-        if sch.get(epilogue).name_hint in (*PACKS, ZERO_FILL):
+            continue
+        if sch.get(epilogue).name_hint in PACKS:
             continue
         try:
             sch.reverse_compute_inline(epilogue)

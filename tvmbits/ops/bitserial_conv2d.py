@@ -13,11 +13,11 @@ words wherever a zero word is worth what a padded tap must count (`reads_padded_
 for unsigned and signed activation codes, whatever the weights. The compiler has the producer
 write that padded layout (`bitpack` with the conv's padding, `padded_input=True`), so the conv
 function makes no copy; given the packed input alone, the kernel makes the padded copy itself
-(`bitserial_pad`, a few rows larger than the packed input). A bipolar zero word is −1, not 0: for bipolar × bipolar each padded tap
-adds popc(W) mismatches, so the epilogue's n (`bipolar_dot`) is read from `border_table`,
-C·(taps inside) + 2·Σ popc(W) over the padded taps, one row of O entries per border class
-(`Window.border_class`: a handful of classes), where the output is large enough for the
-padded copy to pay (`MIN_PIXELS_FOR_BORDER_TABLE`, `reads_border_table`). The table depends on
+(`bitserial_pad`, a few rows larger than the packed input). A bipolar zero word is −1, not 0:
+for bipolar × bipolar each padded tap adds popc(W) mismatches, so the epilogue's n
+(`bipolar_dot`) is read from `border_table`, C·(taps inside) + 2·Σ popc(W) over the padded
+taps, one row of O entries per border class (`Window.border_class`: a handful of classes),
+where the output is large enough for the padded input to pay (`MIN_PIXELS_FOR_BORDER_TABLE`, `reads_border_table`). The table depends on
 the weights only: the compiler computes it once, at compile time, and passes it in. Bipolar
 activations with multi-bit weights keep the per-tap test.
 """
