@@ -9,7 +9,7 @@ whole-model time includes the layout transposes at the model's edges, which insi
 per-kernel profile, without those transposes. Every contender uses all cores; each time is the
 best of `--rounds` medians of `--repeat` runs, a layer's contenders timed in turn in every round.
 
-    python benchmarks/float_layers.py [--repeat 50] [--rounds 3] [--out benchmarks/results]
+    python benchmarks/float_layers.py [--repeat 50] [--rounds 5] [--out benchmarks/results]
 """
 
 import argparse
@@ -89,7 +89,9 @@ def classifier(rng) -> tuple[str, onnx.ModelProto, list[int], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of timing every contender in turn (best kept)")
+    # 5: a layer's contenders take a few seconds a round, and on this machine kind a slow spell
+    # can last through 3 rounds (a kernel read 47% of the peak in one run, 79% in the one before)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of timing every contender in turn (best kept)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ excluded) against the best popcount loop of its layer's rounds, the W4A4 kernel 
 VNNI's.
 Writes `layers.md` and `layers.png` into `--out`.
 
-    python benchmarks/layers.py [--repeat 50] [--rounds 3] [--layers 0,2] [--out benchmarks/results]
+    python benchmarks/layers.py [--repeat 50] [--rounds 5] [--layers 0,2] [--out benchmarks/results]
 """
 
 import argparse
@@ -178,7 +178,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--layers", help="comma-separated indices into LAYERS (default: all)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of timing every contender in turn (best kept)")
+    # 5: a layer's contenders take a few seconds a round, and on this machine kind a slow spell
+    # can last through 3 rounds (a kernel read 47% of the peak in one run, 79% in the one before)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of timing every contender in turn (best kept)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     picked = [LAYERS[int(i)] for i in args.layers.split(",")] if args.layers else LAYERS
