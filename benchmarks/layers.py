@@ -53,6 +53,7 @@ LAYERS = [
 ]
 BITS = [(1, 1), (1, 2), (2, 2), (4, 4)]  # (weight bits, activation bits)
 PEAK_RUNS = 3  # runs of each peak microbenchmark a round (a run of dot_peak.c lasts about 0.1 s)
+QUIET = 0.2  # s of rest before each contender's turn (`interleaved`)
 
 
 def macs(layer) -> int:
@@ -128,13 +129,17 @@ def ort_timer(model: onnx.ModelProto, x: np.ndarray, repeat: int) -> Callable[[]
 def interleaved(timers: dict[str, Callable[[], float]], rounds: int,
                 each_round: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Each timer's best result over `rounds` rounds, every round running all the timers in
-    turn, then `each_round`. This machine kind's speed drifts by up to 2x over minutes (other
-    tenants of the host): contenders timed in turn, several times, see the same drift, so their
-    ratios hold."""
+    turn, then `each_round`, each after `QUIET` s of rest. This machine kind's speed drifts by up
+    to 2x over minutes (other tenants of the host): contenders timed in turn, several times, see
+    the same drift, so their ratios hold. The rest lets the previous contender's thread pool go
+    to sleep (ONNX Runtime's and TVM's workers spin a while after a run): a tvmbits kernel timed
+    right after an ONNX Runtime run took 5–8% longer than after a rest."""
     best = {name: float("inf") for name in timers}
     for _ in range(rounds):
         for name, timer in timers.items():
+            time.sleep(QUIET)
             best[name] = min(best[name], timer())
+        time.sleep(QUIET)
         each_round()
     return best
 
