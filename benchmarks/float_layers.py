@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import tvmbits
-from layers import interleaved, ort_timer, write_report
+from layers import ROUNDS, interleaved, ort_timer, write_report
 from tvmbits.tuning_log import cpu_model
 
 
@@ -89,9 +89,7 @@ def classifier(rng) -> tuple[str, onnx.ModelProto, list[int], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=50)
-    # 5: a layer's contenders take a few seconds a round, and on this machine kind a slow spell
-    # can last through 3 rounds (a kernel read 47% of the peak in one run, 79% in the one before)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of timing every contender in turn (best kept)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of timing every contender in turn (best kept)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)

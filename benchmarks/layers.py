@@ -54,6 +54,10 @@ LAYERS = [
 BITS = [(1, 1), (1, 2), (2, 2), (4, 4)]  # (weight bits, activation bits)
 PEAK_RUNS = 3  # runs of each peak microbenchmark a round (a run of dot_peak.c lasts about 0.1 s)
 QUIET = 0.2  # s of rest before each contender's turn (`interleaved`)
+# rounds of timing every contender in turn, 5: a layer's contenders take a few seconds a round,
+# and on this machine kind a slow spell can last through 3 rounds (a kernel read 47% of the peak
+# in one run, 79% in the one before)
+ROUNDS = 5
 
 
 def macs(layer) -> int:
@@ -183,9 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--layers", help="comma-separated indices into LAYERS (default: all)")
-    # 5: a layer's contenders take a few seconds a round, and on this machine kind a slow spell
-    # can last through 3 rounds (a kernel read 47% of the peak in one run, 79% in the one before)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of timing every contender in turn (best kept)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of timing every contender in turn (best kept)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     picked = [LAYERS[int(i)] for i in args.layers.split(",")] if args.layers else LAYERS

@@ -47,24 +47,24 @@ def lowered_module(kernel, op, a_shape, w_codes, act, wgt, conv_args, epilogue):
     x = relax.Var("x", relax.TensorType(a_shape, "int32"))
     with bb.function("main", [x]):
         with bb.dataflow():
+            padded = kernel == "bitserial" and window is not None and reads_padded_input(act, wgt, window)
             pack = partial(PACKING[kernel], act=act)
-            if kernel == "bitserial" and window is not None and reads_padded_input(act, wgt, window):
-                pack = partial(bitpack, bits=act.bits, padding=window.padding)  # the padded input
-                extra["padded_input"] = True
+            if padded:  # the packing writes the conv's zero-padded input
+                pack = partial(bitpack, bits=act.bits, padding=window.padding)
+                compute = partial(compute, padded_input=True)
             packed = bb.emit_te(pack, x, primfunc_name_hint=PACK_NAMES[kernel])
-            if extra.get("padded_input"):
+            if padded:
                 packing = bb.lookup_binding(packed).args[0]
                 bb.update_func(packing, fill_then_pack(bb.get()[packing]))
             if kernel == "bitserial" and window is not None and reads_border_table(act, wgt, window):
                 extra["border"] = bb.emit_te(lambda w: border_table(w, a_shape[-1], window), weight,
                                              primfunc_name_hint="bitserial_border")
-            tensors = {key: value for key, value in extra.items() if not isinstance(value, bool)}
-            flags = {key: value for key, value in extra.items() if isinstance(value, bool)}
+            keys = list(extra)
             acc = bb.emit_te(
-                lambda d, w, *rest: compute(d, w, *sizes, act, wgt, *conv_args, **dict(zip(tensors, rest)), **flags),
+                lambda d, w, *rest: compute(d, w, *sizes, act, wgt, *conv_args, **dict(zip(keys, rest))),
                 packed,
                 weight,
-                *tensors.values(),
+                *extra.values(),
                 primfunc_name_hint=f"{kernel}_{op}",
                 primfunc_attrs={"op_pattern": 4},
             )

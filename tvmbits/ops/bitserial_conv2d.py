@@ -17,9 +17,9 @@ function makes no copy; given the packed input alone, the kernel makes the padde
 for bipolar × bipolar each padded tap adds popc(W) mismatches, so the epilogue's n
 (`bipolar_dot`) is read from `border_table`, C·(taps inside) + 2·Σ popc(W) over the padded
 taps, one row of O entries per border class (`Window.border_class`: a handful of classes),
-where the output is large enough for the padded input to pay (`MIN_PIXELS_FOR_BORDER_TABLE`, `reads_border_table`). The table depends on
-the weights only: the compiler computes it once, at compile time, and passes it in. Bipolar
-activations with multi-bit weights keep the per-tap test.
+where the output is large enough for the padded input to pay (`MIN_PIXELS_FOR_BORDER_TABLE`,
+`reads_border_table`). The table depends on the weights only: the compiler computes it once, at
+compile time, and passes it in. Bipolar activations with multi-bit weights keep the per-tap test.
 """
 
 from tvm import te, tirx
