@@ -247,7 +247,7 @@ def _within(timeout: float, fn, where: str, what: str):
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise BoardError(f"{where}: gave up {what} after {timeout:g} s")
+        raise BoardError(f"{where}: gave up {what} after {timeout:g} s (a slow or busy board may need a longer --timeout)")
     if "error" in result:
         raise BoardError(f"{where}: failed {what}: {_first_line(result['error'])}")
     return result["value"]
