@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+import pytest
+
 from tvmbits.ops.encoding import Encoding
 
 
@@ -56,3 +58,15 @@ def pairs(encodings):
 def pair_id(pair):
     act, wgt = pair
     return f"{act.kind[0]}{act.bits}x{wgt.kind[0]}{wgt.bits}"
+
+
+def grid(shapes, pairs):
+    """Every (shape, pair) of a kernel test as pytest params `shape, pair`, with ids "shape-pair".
+    The default run takes each pair on half of the shapes (rounded up), the halves rotating with
+    the pair, so that it holds every pair and every shape; the other half is marked slow."""
+    half = -(-len(shapes) // 2)
+    return [
+        pytest.param(shape, pair, id=f"{shape}-{pair_id(pair)}", marks=() if (j - i) % len(shapes) < half else pytest.mark.slow)
+        for j, shape in enumerate(shapes)
+        for i, pair in enumerate(pairs)
+    ]

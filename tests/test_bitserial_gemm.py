@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 import tvm
-from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, pair_id, pairs
+from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, grid, pair_id, pairs
 from lowbit_kernels import random_codes, upstream
 from tvm import te
 
@@ -58,8 +58,7 @@ def run(a, w, act, wgt, *conv_args, separate=True):
     return out.numpy()
 
 
-@pytest.mark.parametrize("pair", pairs(SMALL) + WIDER, ids=pair_id)
-@pytest.mark.parametrize("conv", CONVS, ids=str)
+@pytest.mark.parametrize("conv, pair", grid(CONVS, pairs(SMALL) + WIDER))
 def test_conv2d_gemm_matches_reference(conv, pair):
     act, wgt = pair
     rng = np.random.default_rng(zlib.crc32(f"{conv}{pair_id(pair)}".encode()))
@@ -82,8 +81,7 @@ def test_conv2d_gemm_sums_the_pixel_and_weight_terms_itself(pair):
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("pair", pairs(SMALL) + WIDER, ids=pair_id)
-@pytest.mark.parametrize("shape", DENSES + [(3, 300, 20)], ids=str)
+@pytest.mark.parametrize("shape, pair", grid(DENSES + [(3, 300, 20)], pairs(SMALL) + WIDER))
 def test_dense_gemm_matches_reference(shape, pair):
     act, wgt = pair
     batch, features, out_features = shape

@@ -4,7 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, pair_id, pairs
+from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, grid, pair_id, pairs
 from lowbit_kernels import random_codes, run
 
 from tvmbits.ops import reference
@@ -39,8 +39,7 @@ def check_dense(shape, act, wgt, seed):
     )
 
 
-@pytest.mark.parametrize("pair", pairs(SMALL), ids=pair_id)
-@pytest.mark.parametrize("conv", CONVS, ids=str)
+@pytest.mark.parametrize("conv, pair", grid(CONVS, pairs(SMALL)))
 def test_conv2d_small_bits(conv, pair):
     check_conv(conv, *pair, seed=zlib.crc32(f"{conv}{pair_id(pair)}".encode()))
 
@@ -56,8 +55,7 @@ def test_conv2d_wider_bits(conv, pair):
     check_conv(conv, *pair, seed=7)
 
 
-@pytest.mark.parametrize("pair", pairs(SMALL) + WIDER, ids=pair_id)
-@pytest.mark.parametrize("shape", DENSES, ids=str)
+@pytest.mark.parametrize("shape, pair", grid(DENSES, pairs(SMALL) + WIDER))
 def test_dense(shape, pair):
     check_dense(shape, *pair, seed=11)
 

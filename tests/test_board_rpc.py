@@ -101,6 +101,7 @@ def test_rpc_run_equals_local_run(model, board, tmp_path):
     assert sum(row["share"] for row in report["profile"]) == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # tuning over RPC runs by default through the tracker (below)
 def test_tune_measures_on_the_board(board, folder, tmp_path):
     server, port = board
     loads = server.count("load_module")

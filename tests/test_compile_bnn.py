@@ -32,8 +32,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
-@pytest.mark.parametrize("kernel", ["auto", "subbyte"])
+# by default each case with one kernel (auto: cases 0, 2, 4; subbyte: 1, 3); the rest with -m slow
+@pytest.mark.parametrize("kernel, case", [
+    pytest.param(kernel, case, id=f"{kernel}-{i}", marks=() if (i % 2 == 0) == (kernel == "auto") else pytest.mark.slow)
+    for kernel in ("auto", "subbyte") for i, case in enumerate(CASES)])
 def test_binarized_model_equals_onnxruntime(tmp_path, case, kernel):
     model = tiny_bnn(**case)
     path = tmp_path / "bnn.onnx"

@@ -52,7 +52,7 @@ def test_design_spaces_are_distinct_and_replay_on_the_task():
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ (C++20) compiles the emulated kernels")
-@pytest.mark.parametrize("tile", [Tile(1, 1, 2, 2, 2), Tile(4, 2, 4, 2, 8)], ids=str)
+@pytest.mark.parametrize("tile", [pytest.param(Tile(1, 1, 2, 2, 2), marks=pytest.mark.slow), Tile(4, 2, 4, 2, 8)], ids=str)
 def test_tuned_tiles_are_exact(tile, tmp_path):
     from test_cuda_emulated import check
 

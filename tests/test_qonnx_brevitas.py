@@ -66,7 +66,8 @@ def test_mixed_network_equals_qonnx_executor_and_brevitas(mixed):
         assert out.argmax() == by_qonnx.argmax() == by_brevitas.argmax()
 
 
-@pytest.mark.parametrize("last", [1, 4, 7, 12], ids=["conv4x4", "conv2x2", "conv1x1", "linear1x1"])
+@pytest.mark.parametrize("last", [1, pytest.param(4, marks=pytest.mark.slow), pytest.param(7, marks=pytest.mark.slow), 12],
+                         ids=["conv4x4", "conv2x2", "conv1x1", "linear1x1"])  # by default the first conv and the linear
 def test_integer_accumulations_equal_brevitas_integers(tmp_path, last):
     """The network cut after one layer: compiled output / (s_a · s_w) is the integer sum of
     Brevitas' own integer activations times its integer weights, exactly."""

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 import tvm
-from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, pair_id, pairs
+from conv_cases import BIPOLAR, CONVS, DENSES, SMALL, grid, pair_id, pairs
 from lowbit_kernels import pack_weight, random_codes, upstream
 from tvm import te
 
@@ -49,8 +49,7 @@ def run(a, w, act, wgt, *conv_args):
     return out.numpy()
 
 
-@pytest.mark.parametrize("pair", pairs(SMALL) + WIDER, ids=pair_id)
-@pytest.mark.parametrize("conv", CONVS[:6], ids=str)
+@pytest.mark.parametrize("conv, pair", grid(CONVS[:6], pairs(SMALL) + WIDER))
 def test_conv2d_gemm_matches_reference(conv, pair):
     act, wgt = pair
     rng = np.random.default_rng(zlib.crc32(f"{conv}{pair_id(pair)}".encode()))

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conv_cases import BIPOLAR, CONVS, DENSES, pair_id, pairs
+from conv_cases import BIPOLAR, CONVS, DENSES, grid, pair_id, pairs
 from lowbit_kernels import TARGET, build, random_codes, run
 
 from tvmbits.ops import reference
@@ -47,8 +47,7 @@ def check_dense(shape, act, wgt, seed, **build):
     )
 
 
-@pytest.mark.parametrize("pair", pairs(MAIN) + OTHERS, ids=pair_id)
-@pytest.mark.parametrize("conv", [CONVS[i] for i in (1, 2, 4, 7)], ids=str)
+@pytest.mark.parametrize("conv, pair", grid([CONVS[i] for i in (1, 2, 4, 7)], pairs(MAIN) + OTHERS))
 def test_conv2d(conv, pair):
     check_conv(conv, *pair, seed=zlib.crc32(f"{conv}{pair_id(pair)}".encode()))
 
@@ -59,8 +58,7 @@ def test_conv2d_unscheduled(conv):
     check_conv(conv, Encoding("signed", 3), Encoding("unsigned", 4), seed=17, scheduled=False)
 
 
-@pytest.mark.parametrize("pair", pairs(MAIN) + OTHERS, ids=pair_id)
-@pytest.mark.parametrize("shape", DENSES, ids=str)
+@pytest.mark.parametrize("shape, pair", grid(DENSES, pairs(MAIN) + OTHERS))
 def test_dense(shape, pair):
     check_dense(shape, *pair, seed=13)
 
@@ -70,15 +68,13 @@ VNNI_CONVS = [replace(CONVS[i], out_channels=o) for i, o in ((1, 16), (2, 32), (
 
 
 @needs_vnni
-@pytest.mark.parametrize("pair", pairs(MAIN) + OTHERS, ids=pair_id)
-@pytest.mark.parametrize("conv", VNNI_CONVS, ids=str)
+@pytest.mark.parametrize("conv, pair", grid(VNNI_CONVS, pairs(MAIN) + OTHERS))
 def test_conv2d_vnni(conv, pair):
     check_conv(conv, *pair, seed=zlib.crc32(f"{conv}{pair_id(pair)}v".encode()), target=HOST)
 
 
 @needs_vnni
-@pytest.mark.parametrize("pair", pairs(MAIN) + OTHERS, ids=pair_id)
-@pytest.mark.parametrize("shape", [(1, 70, 16), (3, 33, 32)], ids=str)
+@pytest.mark.parametrize("shape, pair", grid([(1, 70, 16), (3, 33, 32)], pairs(MAIN) + OTHERS))
 def test_dense_vnni(shape, pair):
     check_dense(shape, *pair, seed=11, target=HOST)
 
