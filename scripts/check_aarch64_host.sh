@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run tests on an emulated AArch64 workstation: this checkout installed into a copy of the
+# emulated arm64 board's root file system (Debian 12, Python 3.11, under qemu-user, which LLVM
+# sees as a `generic` AArch64 CPU) with g++, onnx, onnxruntime and pytest added, so that
+# `--target host` resolves to AArch64 and the tests compile, run and time there. What it checks
+# is that nothing assumes an x86-64 host; not speed (emulated) and not a real Arm CPU's features.
+#
+#   bash scripts/check_aarch64_host.sh                  # the host-profile tests (143, about 13 min)
+#   bash scripts/check_aarch64_host.sh tests/test_subbyte_ops.py -k n1_   # any pytest arguments
+#
+# Needs root and scripts/setup.sh's packages (qemu-user-static, debootstrap). The workstation's
+# root file system is kept in .cache/aarch64-host (about 1.4 GB; the first run makes it in about 2 min
+# from the emulated board, built first if needed, in about 6 min); each run installs the working
+# tree's tracked files into it afresh. Tests run one at a time (a compiled kernel takes seconds
+# under emulation).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "check_aarch64_host: needs root (chroot, mount)" >&2; exit 2; }
+[ -x .venv/bin/python ] || { echo "check_aarch64_host: run scripts/setup.sh first" >&2; exit 2; }
+
+ROOT=.cache/aarch64-host
+WHEELS="onnx onnxruntime pytest setuptools>=68"
+if [ ! -d "$ROOT" ]; then
+  .venv/bin/python -c "from tvmbits.board import emulate; emulate.build('arm64')"
+  rm -rf "$ROOT.partial"
+  echo "check_aarch64_host: copying the arm64 board into $ROOT, adding g++ and $WHEELS"
+  cp -a .cache/boards/arm64 "$ROOT.partial"
+  cp /etc/resolv.conf "$ROOT.partial/etc/resolv.conf"
+  chroot "$ROOT.partial" /bin/sh -c \
+    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: \
+    --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
+    --python-version 3.11 --implementation cp -d "$ROOT.partial/tmp/wheels" $WHEELS
+  chroot "$ROOT.partial" /bin/sh -c \
+    "/opt/tvm/bin/pip install -q --disable-pip-version-check --no-index /tmp/wheels/*.whl && rm -r /tmp/wheels"
+  mv "$ROOT.partial" "$ROOT"
+fi
+
+# the working tree's tracked files, installed as a user installs a release (not editable), and
+# tested from /tmp so that the source tree does not shadow the installed package
+echo "check_aarch64_host: installing this working tree into $ROOT"
+rm -rf "$ROOT/tmp/tvmbits"
+mkdir -p "$ROOT/tmp/tvmbits"
+git ls-files -z | tar --null -T - -c | tar -x -C "$ROOT/tmp/tvmbits"
+chroot "$ROOT" /bin/sh -c "/opt/tvm/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation /tmp/tvmbits"
+
+if [ $# = 0 ]; then
+  set -- tests/test_targets.py tests/test_tar_extract.py tests/test_cli_run.py tests/test_api.py \
+    tests/test_kernel_choice.py "tests/test_subbyte_ops.py::test_dense" "tests/test_bitserial_ops.py::test_dense"
+fi
+tests=()
+for arg in "$@"; do
+  case "$arg" in tests/*) arg="/tmp/tvmbits/$arg" ;; esac
+  tests+=("$arg")
+done
+echo "check_aarch64_host: pytest ${tests[*]}"
+exec unshare --mount --propagation private /bin/sh -c 'mount -t proc proc "$1/proc" && exec chroot "$@"' sh \
+  "$ROOT" /usr/bin/env -C /tmp /opt/tvm/bin/python -m pytest -q -p no:cacheprovider -o addopts= -m "not slow" \
+  "${tests[@]}"
