@@ -7,12 +7,13 @@
 #
 #   bash scripts/check_aarch64_host.sh                  # the host-profile tests (143, about 13 min)
 #   bash scripts/check_aarch64_host.sh tests/test_subbyte_ops.py -k n1_   # any pytest arguments
+#   (paths under tests/; without one, all of tests/; a -m replaces the default -m "not slow")
 #
 # Needs root and scripts/setup.sh's packages (qemu-user-static, debootstrap). The workstation's
-# root file system is kept in .cache/aarch64-host (about 1.4 GB; the first run makes it in about 2 min
-# from the emulated board, built first if needed, in about 6 min); each run installs the working
-# tree's tracked files into it afresh. Tests run one at a time (a compiled kernel takes seconds
-# under emulation).
+# root file system is kept in .cache/aarch64-host (about 1.4 GB; the first run makes it in about
+# 2 min from the emulated board, which is built first if needed, in about 6 min); each run
+# installs the working tree (tracked files and new ones git does not ignore) into it afresh.
+# Tests run one at a time (a compiled kernel takes seconds under emulation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "check_aarch64_host: needs root (chroot, mount)" >&2; exit 2; }
@@ -20,40 +21,57 @@ cd "$(dirname "$0")/.."
 
 ROOT=.cache/aarch64-host
 WHEELS="onnx onnxruntime pytest setuptools>=68"
+# inside the root: a clean environment (no host PYTHONPATH, QEMU_CPU or PATH without sbin)
+CLEAN=(/usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
+# the emulated board (built first if needed; this also registers qemu-aarch64 with binfmt_misc)
+BOARD=$(.venv/bin/python -c "import sys; from tvmbits.board import emulate
+print(emulate.build('arm64', log=lambda message: print(message, file=sys.stderr)))")
 if [ ! -d "$ROOT" ]; then
-  .venv/bin/python -c "from tvmbits.board import emulate; emulate.build('arm64')"
   rm -rf "$ROOT.partial"
   echo "check_aarch64_host: copying the arm64 board into $ROOT, adding g++ and $WHEELS"
-  cp -a .cache/boards/arm64 "$ROOT.partial"
+  cp -a "$BOARD" "$ROOT.partial"
   cp /etc/resolv.conf "$ROOT.partial/etc/resolv.conf"
-  chroot "$ROOT.partial" /bin/sh -c \
+  chroot "$ROOT.partial" "${CLEAN[@]}" /bin/sh -c \
     "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null"
   .venv/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: \
     --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
     --python-version 3.11 --implementation cp -d "$ROOT.partial/tmp/wheels" $WHEELS
-  chroot "$ROOT.partial" /bin/sh -c \
+  chroot "$ROOT.partial" "${CLEAN[@]}" /bin/sh -c \
     "/opt/tvm/bin/pip install -q --disable-pip-version-check --no-index /tmp/wheels/*.whl && rm -r /tmp/wheels"
   mv "$ROOT.partial" "$ROOT"
 fi
+versions='import importlib.metadata as m; print(m.version("apache-tvm"), m.version("apache-tvm-ffi"))'
+here=$(.venv/bin/python -c "$versions")
+there=$(chroot "$ROOT" "${CLEAN[@]}" /opt/tvm/bin/python -c "$versions")
+if [ "$here" != "$there" ]; then
+  echo "check_aarch64_host: $ROOT has apache-tvm, apache-tvm-ffi $there, .venv has $here: remove $ROOT" \
+    "(and .cache/boards/arm64 if it has the old ones too) to rebuild it" >&2
+  exit 2
+fi
 
-# the working tree's tracked files, installed as a user installs a release (not editable), and
-# tested from /tmp so that the source tree does not shadow the installed package
+# the working tree (tracked files and new ones git does not ignore), installed as a user installs
+# a release (not editable), and tested from /tmp so that the source tree does not shadow the
+# installed package
 echo "check_aarch64_host: installing this working tree into $ROOT"
 rm -rf "$ROOT/tmp/tvmbits"
 mkdir -p "$ROOT/tmp/tvmbits"
-git ls-files -z | tar --null -T - -c | tar -x -C "$ROOT/tmp/tvmbits"
-chroot "$ROOT" /bin/sh -c "/opt/tvm/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation /tmp/tvmbits"
+git ls-files -z --cached --others --exclude-standard \
+  | tar --null -T - --ignore-failed-read -c 2>/dev/null | tar -x -C "$ROOT/tmp/tvmbits"
+chroot "$ROOT" "${CLEAN[@]}" /bin/sh -c \
+  "/opt/tvm/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation /tmp/tvmbits"
 
 if [ $# = 0 ]; then
   set -- tests/test_targets.py tests/test_tar_extract.py tests/test_cli_run.py tests/test_api.py \
     tests/test_kernel_choice.py "tests/test_subbyte_ops.py::test_dense" "tests/test_bitserial_ops.py::test_dense"
 fi
-tests=()
+args=() paths=0
 for arg in "$@"; do
-  case "$arg" in tests/*) arg="/tmp/tvmbits/$arg" ;; esac
-  tests+=("$arg")
+  arg=${arg#./}
+  case "$arg" in tests|tests/*) arg="/tmp/tvmbits/$arg"; paths=1 ;; esac
+  args+=("$arg")
 done
-echo "check_aarch64_host: pytest ${tests[*]}"
+[ $paths = 1 ] || args+=(/tmp/tvmbits/tests)
+echo "check_aarch64_host: pytest ${args[*]}"
 exec unshare --mount --propagation private /bin/sh -c 'mount -t proc proc "$1/proc" && exec chroot "$@"' sh \
-  "$ROOT" /usr/bin/env -C /tmp /opt/tvm/bin/python -m pytest -q -p no:cacheprovider -o addopts= -m "not slow" \
-  "${tests[@]}"
+  "$ROOT" "${CLEAN[@]}" -C /tmp /opt/tvm/bin/python -m pytest -q -p no:cacheprovider \
+  -c /tmp/tvmbits/pyproject.toml --rootdir /tmp/tvmbits -o addopts= -m "not slow" "${args[@]}"

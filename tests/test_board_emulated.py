@@ -129,9 +129,10 @@ def compile_for(profile, name, folder):
 
 # all with -m slow: the default run has the arm64 board's tests above, and test_arm_subbyte runs the
 # rpi5 and rpi4 kernels on their CPU models. In two of four fresh-clone CI runs, rpi5-w2a2's first
-# session hung after the board accepted it ("start serving at", then nothing for 120 s), which no
-# rerun on a built board reproduced (three runs of the board tests beside other tests, and twenty
-# sessions of a fresh rpi5 board with both cores busy)
+# session got no answer after the board accepted it ("start serving at", then nothing: the client
+# gave up after 30 s in one run, after 120 s in the other), which no rerun on a built board
+# reproduced (three runs of the board tests beside other tests, and twenty sessions of a fresh rpi5
+# board with both cores busy)
 @pytest.mark.slow
 @pytest.mark.parametrize("profile, names", [
     ("rpi5", ["w2a2"]),

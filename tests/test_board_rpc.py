@@ -139,7 +139,8 @@ def test_tune_measures_on_the_tracker_board_of_the_key(model, tracker, folder, t
     done, _ = tvmbits("tune", str(folder / "layer.onnx"), "--tracker", f"127.0.0.1:{port}", "--key", "beta",
                       "--trials", "2", "--log", str(tmp_path / "log"))
     assert done.returncode == 0, done.stderr
-    assert " ms" in done.stderr and "failed" not in done.stderr
+    assert "tune: " in done.stderr and " ms" in done.stderr and "failed" not in done.stderr
+    assert (tmp_path / "log" / RECORDS).read_text().strip()
     assert boards["beta"].count("load_module") >= loads["beta"] + 2
     assert boards["alpha"].count("load_module") == loads["alpha"]
 

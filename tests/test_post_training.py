@@ -42,9 +42,9 @@ def simulate(plans, x, weights):
     return layer("fc", h.reshape(h.shape[0], -1))
 
 
-# by default 1-bit (bipolar) weights with 1- and 2-bit activations, 4-bit and 8-bit; the rest with -m slow
-@pytest.mark.parametrize("wbits,abits", [(1, 1), (1, 2), (4, 4), (8, 8)] + [
-    pytest.param(w, a, marks=pytest.mark.slow) for w, a in ((2, 2), (2, 1), (3, 3))])
+# by default 1-bit (bipolar) weights with 1- and 2-bit activations, 2-, 4- and 8-bit; the rest with -m slow
+@pytest.mark.parametrize("wbits,abits", [(1, 1), (1, 2), (2, 2), (4, 4), (8, 8)] + [
+    pytest.param(w, a, marks=pytest.mark.slow) for w, a in ((2, 1), (3, 3))])
 def test_quantized_model_equals_integer_simulation(tmp_path, wbits, abits):
     model = float_cnn()
     onnx.save(model, tmp_path / "cnn.onnx")
