@@ -7,7 +7,7 @@
 #
 #   bash scripts/check_aarch64_host.sh                  # the host-profile tests (143, about 13 min)
 #   bash scripts/check_aarch64_host.sh tests/test_subbyte_ops.py -k n1_   # any pytest arguments
-#   (paths under tests/; without one, all of tests/; a -m replaces the default -m "not slow")
+#   (paths under tests/; without one, the default files; a -m replaces the default -m "not slow")
 #
 # Needs root and scripts/setup.sh's packages (qemu-user-static, debootstrap). The workstation's
 # root file system is kept in .cache/aarch64-host (about 1.4 GB; the first run makes it in about
@@ -21,8 +21,8 @@ cd "$(dirname "$0")/.."
 
 ROOT=.cache/aarch64-host
 WHEELS="onnx onnxruntime pytest setuptools>=68"
-# inside the root: a clean environment (no host PYTHONPATH, QEMU_CPU or PATH without sbin)
-CLEAN=(/usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
+# inside the root: a clean environment (no host PYTHONPATH, QEMU_CPU or PATH without sbin), in /tmp
+CLEAN=(/usr/bin/env -i -C /tmp PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
 # the emulated board (built first if needed; this also registers qemu-aarch64 with binfmt_misc)
 BOARD=$(.venv/bin/python -c "import sys; from tvmbits.board import emulate
 print(emulate.build('arm64', log=lambda message: print(message, file=sys.stderr)))")
@@ -60,18 +60,17 @@ git ls-files -z --cached --others --exclude-standard \
 chroot "$ROOT" "${CLEAN[@]}" /bin/sh -c \
   "/opt/tvm/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation /tmp/tvmbits"
 
-if [ $# = 0 ]; then
-  set -- tests/test_targets.py tests/test_tar_extract.py tests/test_cli_run.py tests/test_api.py \
-    tests/test_kernel_choice.py "tests/test_subbyte_ops.py::test_dense" "tests/test_bitserial_ops.py::test_dense"
-fi
+# the host profile's tests (those that need torch, brevitas or qonnx are not installed there)
+DEFAULT=(tests/test_targets.py tests/test_tar_extract.py tests/test_cli_run.py tests/test_api.py
+  tests/test_kernel_choice.py "tests/test_subbyte_ops.py::test_dense" "tests/test_bitserial_ops.py::test_dense")
 args=() paths=0
 for arg in "$@"; do
   arg=${arg#./}
   case "$arg" in tests|tests/*) arg="/tmp/tvmbits/$arg"; paths=1 ;; esac
   args+=("$arg")
 done
-[ $paths = 1 ] || args+=(/tmp/tvmbits/tests)
+[ $paths = 1 ] || args=("${DEFAULT[@]/#//tmp/tvmbits/}" "${args[@]}")
 echo "check_aarch64_host: pytest ${args[*]}"
 exec unshare --mount --propagation private /bin/sh -c 'mount -t proc proc "$1/proc" && exec chroot "$@"' sh \
-  "$ROOT" "${CLEAN[@]}" -C /tmp /opt/tvm/bin/python -m pytest -q -p no:cacheprovider \
+  "$ROOT" "${CLEAN[@]}" /opt/tvm/bin/python -m pytest -q -p no:cacheprovider \
   -c /tmp/tvmbits/pyproject.toml --rootdir /tmp/tvmbits -o addopts= -m "not slow" "${args[@]}"

@@ -51,7 +51,14 @@ def pytest_collection_finish(session):
                      start_new_session=True)
 
 
+# the files whose module fixtures run longest (a tuning run killed, interrupted and resumed; two
+# boards and a tracker; the armv7 harness build), scheduled first: last in name order, one of them
+# would leave the other worker idle at the end of the run
+FIRST = ("test_tune", "test_board_rpc", "test_check_armv7")
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.module.__name__ not in FIRST)  # stable: the rest keeps its order
     tier_of = {name: tier for tier, names in TIERS.items() for name in names}
     for item in items:
         if not any(item.get_closest_marker(tier) for tier in ("unit", "kernel", "e2e")):
