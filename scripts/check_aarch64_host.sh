@@ -23,9 +23,13 @@ ROOT=.cache/aarch64-host
 WHEELS="onnx onnxruntime pytest setuptools>=68"
 # inside the root: a clean environment (no host PYTHONPATH, QEMU_CPU or PATH without sbin), in /tmp
 CLEAN=(/usr/bin/env -i -C /tmp PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
-# the emulated board (built first if needed; this also registers qemu-aarch64 with binfmt_misc)
+# the emulated board (built first if needed; this also registers qemu-aarch64 with binfmt_misc),
+# and the pip options that pick wheels for its Python, as the board's own were picked
 BOARD=$(.venv/bin/python -c "import sys; from tvmbits.board import emulate
-print(emulate.build('arm64', log=lambda message: print(message, file=sys.stderr)))")
+print(emulate.build('arm64', log=lambda message: print(message, file=sys.stderr)))
+print(*(f'--platform {p}' for p in emulate.ARCHS['arm64'].wheel_platforms), '--python-version', emulate.PYTHON)")
+FOR_BOARD=${BOARD#*$'\n'}
+BOARD=${BOARD%%$'\n'*}
 if [ ! -d "$ROOT" ]; then
   rm -rf "$ROOT.partial"
   echo "check_aarch64_host: copying the arm64 board into $ROOT, adding g++ and $WHEELS"
@@ -33,9 +37,8 @@ if [ ! -d "$ROOT" ]; then
   cp /etc/resolv.conf "$ROOT.partial/etc/resolv.conf"
   chroot "$ROOT.partial" "${CLEAN[@]}" /bin/sh -c \
     "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null"
-  .venv/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: \
-    --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
-    --python-version 3.11 --implementation cp -d "$ROOT.partial/tmp/wheels" $WHEELS
+  .venv/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: $FOR_BOARD \
+    --implementation cp -d "$ROOT.partial/tmp/wheels" $WHEELS
   chroot "$ROOT.partial" "${CLEAN[@]}" /bin/sh -c \
     "/opt/tvm/bin/pip install -q --disable-pip-version-check --no-index /tmp/wheels/*.whl && rm -r /tmp/wheels"
   mv "$ROOT.partial" "$ROOT"
