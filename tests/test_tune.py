@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from compiled import run_local
 from onnx_models import dyadic_input, tiny_bnn
 from tvmbits.cli import main
-from tvmbits.tune import _choose
+from tvmbits.tune import _choose, _interruptible
 from tvmbits.tuning_log import CONFIRMED, RECORDS, TUNED_ON, WORKLOADS
 
 
@@ -97,9 +98,30 @@ def test_killed_run_keeps_its_measurements_and_a_rerun_appends(killed_then_resum
 def test_interrupted_run_says_so_keeps_whole_lines_and_a_rerun_resumes(killed_then_resumed):
     log_dir, after_kill, (code, err), after_interrupt, resumed = killed_then_resumed
     assert code == 130 and err.strip().splitlines()[-1] == "tvmbits: interrupted", err[-2000:]
-    assert "Traceback" not in err, err[-2000:]
+    assert "Traceback" not in err and "tune: stopping at the next safe point" in err, err[-2000:]
     assert after_interrupt[: len(after_kill)] == after_kill  # every line whole, none lost
     assert resumed.returncode == 0 and records(log_dir)[: len(after_interrupt)] == after_interrupt
+
+
+def test_ctrl_c_is_noted_and_spares_the_workers_started_meanwhile():
+    """The first SIGINT only marks the tuning interrupted; a worker process started meanwhile (as
+    MetaSchedule's pools start them, from a thread) has SIGINT blocked, so the terminal's Ctrl-C,
+    sent to the whole process group, cannot interrupt it mid-import."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    probe = "import signal, sys; sys.exit(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
+    codes, lines = [], []
+    with _interruptible(lines.append) as interrupted:
+        worker = threading.Thread(target=lambda: codes.append(subprocess.run([sys.executable, "-c", probe]).returncode))
+        worker.start()
+        worker.join()
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while not interrupted and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert interrupted and codes == [1] and len(lines) == 1 and "Ctrl-C again" in lines[0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_compile_applies_the_log_and_stays_exact(killed_then_resumed, model_file, tmp_path, capsys):

@@ -75,7 +75,21 @@ def tune_model(
         raise BoardError(f"tuning for {options.target} measures on a CUDA GPU, and this machine has none "
                          "(--rpc or --tracker measure on another machine's)")
     threads.size_pool()  # measured with the threads a deployed model runs (inherited by the runner's workers)
+    with _interruptible(log) as interrupted:
+        try:
+            return _tune(model_path, options, log_dir, trials, remote, log, repair, cuda, interrupted)
+        except Exception:
+            if interrupted:  # MetaSchedule's C++ turns a KeyboardInterrupt into another error
+                raise KeyboardInterrupt from None
+            raise
+
+
+def _tune(model_path: str | Path, options: CompileOptions, log_dir: str | Path, trials: int,
+          remote: Remote | None, log: Callable[[str], None], repair: bool, cuda: bool, interrupted: list) -> int:
+    """`tune_model` once SIGINT is deferred (`_interruptible`): stops at the next safe point
+    after `interrupted` becomes non-empty."""
     runner = _runner(remote, cuda)  # a bad board fails before the slow lowering
+    _stop_if(interrupted)
     planned = plan_model(model_path, options, log)
     target = planned.target
     mod = pipeline.run(planned.mod, pipeline.kernel_phases(target))
@@ -87,6 +101,7 @@ def tune_model(
     ]
     if not tasks:
         raise ModelError(f"{model_path}: no low-bit kernels to tune for {planned.profile.name}")
+    _stop_if(interrupted)  # before the log is opened
     if repair and Path(log_dir).is_dir():
         tuning_log.repair(log_dir, log)
     register_intrinsics(target)  # the search replays the log's schedules
@@ -113,7 +128,7 @@ def tune_model(
         for index, task in enumerate(tasks)
     ]
     builder = _builder(planned.profile)
-    with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir, _interruptible() as interrupted:
+    with tempfile.TemporaryDirectory(prefix="tvmbits-tune-") as work_dir:
         progress = _Progress([task.task_name for task in tasks], trials, log, interrupted)
         defaults = {}
         try:
@@ -140,10 +155,6 @@ def tune_model(
                 confirmed = tuning_log.read_confirmed(log_dir, log)
                 choices = _confirm(tasks, defaults, target, builder, runner, database, confirmed, log, interrupted)
                 tuning_log.write_confirmed(log_dir, {**confirmed, **choices})
-        except Exception:
-            if interrupted:  # MetaSchedule's C++ turns a KeyboardInterrupt into another error
-                raise KeyboardInterrupt from None
-            raise
         finally:
             writer.flush()
             writer.close()
@@ -153,14 +164,22 @@ def tune_model(
 
 
 @contextlib.contextmanager
-def _interruptible():
+def _interruptible(log: Callable[[str], None]):
     """A list that becomes non-empty once SIGINT (Ctrl-C) arrives. The first SIGINT only says
-    so: raising KeyboardInterrupt wherever Python happens to run (inside MetaSchedule's C++
-    callbacks, some of which cannot pass an exception on) can abort the process. The tuning
-    stops at the next safe point (`_stop_if`: before the search, after each measured batch);
-    MetaSchedule's C++ wraps that KeyboardInterrupt into a RuntimeError, which `tune_model`
-    turns back into KeyboardInterrupt (the CLI: "tvmbits: interrupted", exit 130). A second
-    SIGINT raises at once."""
+    so (and logs that it did): raising KeyboardInterrupt wherever Python happens to run (inside
+    MetaSchedule's C++ callbacks, some of which cannot pass an exception on, or while a worker
+    pool is being started) can abort the process or leave the pool to be collected from one of
+    its own threads. The tuning stops at the next safe point (`_stop_if`: between its phases,
+    after each measured batch); MetaSchedule's C++ wraps that KeyboardInterrupt into a
+    RuntimeError, which `tune_model` turns back into KeyboardInterrupt (the CLI: "tvmbits:
+    interrupted", exit 130). A second SIGINT raises as soon as the main thread runs Python.
+
+    Ctrl-C at a terminal reaches the whole foreground process group, the build and measurement
+    workers too, and a worker still importing TVM then prints a KeyboardInterrupt traceback. So
+    the main thread blocks SIGINT meanwhile: the threads it starts, and the workers they start,
+    inherit the block (the workers end when the tuning closes their pools), and a waiting
+    thread started before the block is where the signal lands and where Python's handler above
+    is triggered from."""
     seen: list = []
     if threading.current_thread() is not threading.main_thread():
         yield seen
@@ -170,11 +189,19 @@ def _interruptible():
         if seen:
             raise KeyboardInterrupt
         seen.append(signum)
+        log("tune: stopping at the next safe point (after the measurements under way); Ctrl-C again stops now")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    done = threading.Event()
+    receiver = threading.Thread(target=done.wait, name="tvmbits-sigint", daemon=True)
+    receiver.start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield seen
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        done.set()
+        receiver.join()
         signal.signal(signal.SIGINT, previous)
 
 
