@@ -27,12 +27,12 @@ from tvmbits.ops.subbyte_conv2d import subbyte_conv2d_nhwc
 from tvmbits.ops.subbyte_dense import subbyte_dense
 from tvmbits.ops.window import Window
 from tvmbits.schedules.cpu import LowBitCPU
-from tvmbits.schedules.byte_dot import byte_dot
+from tvmbits.schedules.byte_dot import bitserial_pairs
 from tvmbits.targets.profile import load
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 # what `auto` runs a 2-bit × 2-bit layer on when compiling for this machine (`choose_kernel`)
-KERNEL_2x2 = "subbyte" if byte_dot(load("host").tvm_target()) else "bitserial"
+KERNEL_2x2 = "subbyte" if bitserial_pairs(load("host").tvm_target()) < 4 else "bitserial"
 KERNELS = {"bitserial": (bitserial_conv2d_nhwc, bitserial_dense), "subbyte": (subbyte_conv2d_nhwc, subbyte_dense)}
 
 

@@ -29,7 +29,7 @@ import tvmbits
 from tvmbits.ops import reference
 from tvmbits.ops.encoding import Encoding
 from tvmbits.schedules.arm_dot import NEON_16x4, NEON_BYTES_16x4, SDOT_16x4, UDOT_16x4, arm_intrinsic
-from tvmbits.schedules.byte_dot import byte_dot
+from tvmbits.schedules.byte_dot import bitserial_pairs
 from tvmbits.schedules.cpu import LowBitCPU
 from tvmbits.targets.profile import load
 
@@ -38,10 +38,11 @@ DOT = re.compile(r"^\s*[0-9a-f]+:\s+(?:[0-9a-f]{8}\s+)?([su]dot)\s", re.M)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="an emulated board needs root (debootstrap, chroot, mount)")
 
 S4, U4, S8, U8 = Encoding("signed", 4), Encoding("unsigned", 4), Encoding("signed", 8), Encoding("unsigned", 8)
-# SDOT/NEON (activations below 128), UDOT (uint8 weights), and the plain fallback (8-bit activations)
+# SDOT/NEON (activations below 128), UDOT (uint8 weights), and the plain fallback (8-bit activations);
+# W1A2 and W2A2 are what rpi5's `auto` runs as bytes
 PAIRS = [(BIPOLAR, BIPOLAR), (Encoding("unsigned", 3), S4), (S4, S4), (Encoding("unsigned", 5), S8),
          (Encoding("signed", 7), S8), (S4, BIPOLAR), (Encoding("signed", 6), U8), (U8, Encoding("signed", 7)),
-         (S8, S8), (Encoding("unsigned", 2), Encoding("signed", 2))]
+         (S8, S8), (Encoding("unsigned", 2), Encoding("signed", 2)), (Encoding("unsigned", 2), BIPOLAR)]
 MAIN = [BIPOLAR, Encoding("unsigned", 3), S4, Encoding("unsigned", 5), Encoding("signed", 7), S8, U8]
 # output channels in multiples of 16 (the tensorized blocks), odd channel counts and paddings
 CONV_GRID = [replace(CONVS[i], out_channels=o) for i, o in ((1, 16), (2, 32), (4, 16), (7, 48))]
@@ -114,7 +115,7 @@ def intrinsic_of(profile: str, act: Encoding, wgt: Encoding) -> str | None:
 
 
 def test_arm_profiles_choose_their_kernels():
-    assert [byte_dot(load(name).tvm_target()) for name in ("rpi3", "rpi4", "rpi5", "arm64")] == [False, False, True, False]
+    assert [bitserial_pairs(load(name).tvm_target()) for name in ("rpi3", "rpi4", "rpi5", "arm64")] == [4, 4, 1, 4]
     assert intrinsic_of("rpi5", S4, S4) == SDOT_16x4 and intrinsic_of("rpi4", S4, S4) == NEON_BYTES_16x4
     assert intrinsic_of("rpi4", U4, S4) == NEON_BYTES_16x4 and intrinsic_of("rpi4", U4, U4) == NEON_16x4  # 15·8, 15·15
     assert intrinsic_of("rpi4", Encoding("unsigned", 5), S8) == NEON_16x4
@@ -223,6 +224,15 @@ def test_model_subbyte_kernels_disassembly(tmp_path, profile):
             assert dots and set(dots) <= {"sdot", "udot"}, header
         else:
             assert not dots and re.search(r"\bsadalp\s+v", body), header
+
+
+@pytest.mark.skipif(shutil.which(OBJDUMP) is None, reason=f"{OBJDUMP} is not installed (scripts/setup.sh)")
+@pytest.mark.parametrize("profile, kernel", [("rpi5", "subbyte"), ("rpi4", "bitserial")])
+def test_w1a2_layers_run_as_bytes_where_the_cpu_has_sdot(tmp_path, profile, kernel):
+    """`auto` on W1A2: SDOT bytes on rpi5 (fewer instructions than bit-serial), bit-serial on rpi4."""
+    onnx.save(blocked_cnn(), tmp_path / "cnn.onnx")
+    art = tvmbits.compile(tmp_path / "cnn.onnx", profile, wbits=1, abits=2, all_layers=True)
+    assert {layer["kernel"] for layer in art.metadata["layers"]} == {kernel}
 
 
 @needs_root

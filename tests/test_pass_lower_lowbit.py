@@ -58,11 +58,11 @@ def expected(border: bool = False) -> tvm.IRModule:
 
 
 def test_lowbit_layer_lowered_and_float_layer_inlined():
-    after = LowerLowBit(PlanLayers(byte_dot=False)(Before))
+    after = LowerLowBit(PlanLayers()(Before))
     tvm.ir.assert_structural_equal(after, expected())
 
 
 def test_a_padded_bipolar_conv_gets_its_border_table_from_the_weight_constant(monkeypatch):
     monkeypatch.setattr(bitserial_conv2d_module, "MIN_PIXELS_FOR_BORDER_TABLE", 0)  # the 5×5 output pays
-    after = LowerLowBit(PlanLayers(byte_dot=False)(Before))
+    after = LowerLowBit(PlanLayers()(Before))
     tvm.ir.assert_structural_equal(after, expected(border=True))

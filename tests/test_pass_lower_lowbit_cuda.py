@@ -54,7 +54,7 @@ def expected() -> tvm.IRModule:
 
 
 def test_bitserial_layer_lowered_to_its_gemm_form_for_cuda():
-    planned = PlanLayers(byte_dot=False)(Before)
+    planned = PlanLayers()(Before)
     with tvm.target.Target({"kind": "cuda", "arch": "sm_80"}):
         after = LowerLowBit(planned)
     tvm.ir.assert_structural_equal(after, expected())

@@ -19,7 +19,7 @@ W_FLOAT = RNG.standard_normal((3, 1, 1, 4)).astype(np.float32)
 
 def planned_attrs(name, op, **plan):
     base = {"kernel": "float", "origin": "float", "reason": "", "act": "", "act_bits": 0, "act_scale": 1.0,
-            "act_zero_point": 0, "wgt": "", "weight_scale": [], "forced_kernel": "auto", "byte_dot": 0, "found": ""}
+            "act_zero_point": 0, "wgt": "", "weight_scale": [], "forced_kernel": "auto", "bitserial_pairs": 4, "found": ""}
     base.update(plan)
     return {"tvmbits.layer": name, "tvmbits.op": op, **{f"tvmbits.plan.{k}": v for k, v in base.items()}}
 
@@ -63,7 +63,7 @@ def expected(b_attrs: dict, f_attrs: dict) -> tvm.IRModule:
 
 
 def test_binarized_layer_and_float_layer():
-    after = PlanLayers(byte_dot=False)(Before)
+    after = PlanLayers()(Before)
     b = planned_attrs("b", "conv2d", kernel="bitserial", origin="binarized", act="bipolar1", wgt="bipolar1",
                       weight_scale=[0.5, 0.25, 1.0, 0.125])
     f = planned_attrs("f", "conv2d", reason="float in the model (give --wbits/--abits to quantize)")
@@ -71,13 +71,13 @@ def test_binarized_layer_and_float_layer():
 
 
 def test_post_training_bits_and_forced_kernel():
-    after = PlanLayers(wbits=2, abits=2, all_layers=True, kernel="subbyte", byte_dot=True)(Before)
+    after = PlanLayers(wbits=2, abits=2, all_layers=True, kernel="subbyte", bitserial_pairs=2)(Before)
     # a layer binarized in the graph stays exactly that; the forced kernel still applies
     b = planned_attrs("b", "conv2d", kernel="subbyte", origin="binarized", act="bipolar1", wgt="bipolar1",
-                      weight_scale=[0.5, 0.25, 1.0, 0.125], forced_kernel="subbyte", byte_dot=1)
+                      weight_scale=[0.5, 0.25, 1.0, 0.125], forced_kernel="subbyte", bitserial_pairs=2)
     scale = [float(s) for s in np.abs(W_FLOAT.reshape(3, -1)).max(axis=1).astype(np.float32)]
     f = planned_attrs("f", "conv2d", kernel="pending", origin="post-training", act_bits=2, wgt="signed2",
-                      weight_scale=scale, forced_kernel="subbyte", byte_dot=1)
+                      weight_scale=scale, forced_kernel="subbyte", bitserial_pairs=2)
     tvm.ir.assert_structural_equal(after, expected(b, f))
 
 
@@ -88,7 +88,7 @@ def test_edge_layers_follow_the_model_order():
 
 
 def test_plans_survive_a_pass_that_rebuilds_the_module():
-    planned = PlanLayers(byte_dot=False)(Before)
+    planned = PlanLayers()(Before)
     rebuilt = tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.FoldConstant()])(planned)
     plans = {plan.name: plan for plan in map(LayerPlan.of, _layer_functions(rebuilt))}
     assert plans["b"].kernel == "bitserial" and plans["f"].kernel == "float"

@@ -50,7 +50,7 @@ class LayerPlan:
     wgt: Encoding | None = None
     weight_scale: np.ndarray | None = None  # float32 [O]: real weight = weight_scale · value
     forced_kernel: str = "auto"
-    byte_dot: bool = False  # bytes multiply fast (x86 VNNI, AArch64 dot product): sub-byte from 2×2 bits
+    bitserial_pairs: int = 4  # the most bit-plane pairs auto runs bit-serial (`schedules.byte_dot`)
     found: dict | None = None  # what the model's quantizers say (QONNX/QDQ), even if float
 
     @property
@@ -67,10 +67,10 @@ class LayerPlan:
         if self.forced_kernel != "auto":
             self.kernel = self.forced_kernel
             return
-        low, high = sorted((self.act.bits, self.wgt.bits))
-        # bit-serial costs one popcount per pair of bit planes: at most two pairs; with byte dot
-        # products a 2×2-bit layer (four pairs) is faster as bytes
-        small = high <= 2 and not (self.byte_dot and low == 2)
+        # bit-serial costs one popcount pass per pair of bit planes; on CPUs with byte dot
+        # products fewer pairs already cost more than bytes
+        bits = self.act.bits, self.wgt.bits
+        small = max(bits) <= 2 and bits[0] * bits[1] <= self.bitserial_pairs
         self.kernel = "bitserial" if small else "subbyte"
 
     def packed_weight_bytes(self) -> int | None:
@@ -96,7 +96,7 @@ class LayerPlan:
             "wgt": "" if self.wgt is None else f"{self.wgt.kind}{self.wgt.bits}",
             "weight_scale": [] if self.weight_scale is None else [float(s) for s in self.weight_scale],
             "forced_kernel": self.forced_kernel,
-            "byte_dot": int(self.byte_dot),
+            "bitserial_pairs": int(self.bitserial_pairs),
             "found": "" if self.found is None else json.dumps(self.found),
         }
         return {PREFIX + key: value for key, value in attrs.items()}
@@ -118,7 +118,7 @@ class LayerPlan:
             wgt=_encoding(str(attrs["wgt"])),
             weight_scale=np.array(scale, np.float32) if scale else None,
             forced_kernel=str(attrs["forced_kernel"]),
-            byte_dot=bool(int(attrs["byte_dot"])),
+            bitserial_pairs=int(attrs["bitserial_pairs"]),
             found=json.loads(str(attrs["found"])) if str(attrs["found"]) else None,
         )
 

@@ -43,7 +43,7 @@ from tvmbits.passes.plan_layers import PlanLayers
 from tvmbits.passes.tiles_on_stack import TIR_PIPELINE  # noqa: F401 (the flow's last step, for tvm.compile)
 from tvmbits.passes.unpack_at_load import PREPARE, UnpackAtLoad
 from tvmbits.schedules import default_rules, register_intrinsics
-from tvmbits.schedules.byte_dot import byte_dot
+from tvmbits.schedules.byte_dot import bitserial_pairs
 
 PREFIX = "tvmbits."
 TUNED_KERNELS = "tvmbits.tuned_kernels"
@@ -65,7 +65,7 @@ def lowbit_phases(
         ToNHWC(target),
         FoldFlattenTranspose,
         AnnotateLayers(layer_names),
-        PlanLayers(wbits, abits, all_layers, kernel, facts, byte_dot(target), layer_names),
+        PlanLayers(wbits, abits, all_layers, kernel, facts, bitserial_pairs(target), layer_names),
         Calibrate(samples),
     ]
 

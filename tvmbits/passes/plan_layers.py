@@ -16,8 +16,9 @@ Three ways a layer becomes low-bit:
   calibration (`calibrate.py`), except data that is already Sign(z), which stays bipolar, exact.
   The first and last layers (of the model's layer order) stay float unless `all_layers`.
 
-Kernel: bit-serial when both operands have at most 2 bits (on a target with byte dot products,
-`byte_dot`, when one of them has 1 bit), sub-byte otherwise, unless forced.
+Kernel: bit-serial when both operands have at most 2 bits and the target's byte kernels are not
+faster (`bitserial_pairs`: with AVX512-VNNI, one operand of 1 bit; with the AArch64 dot
+product, both), sub-byte otherwise, unless forced.
 """
 
 import numpy as np
@@ -45,7 +46,7 @@ def PlanLayers(  # noqa: N802 (TVM's pass naming)
     all_layers: bool = False,
     kernel: str = "auto",
     facts: dict[str, LayerFacts] | None = None,
-    byte_dot: bool = False,
+    bitserial_pairs: int = 4,
     order: list[str] | None = None,
 ) -> tvm.transform.Pass:
     """The pass; `facts` are the frontend's, keyed by layer name; `order` lists the layer names
@@ -66,7 +67,7 @@ def PlanLayers(  # noqa: N802 (TVM's pass naming)
         for gvar, layer in layers.items():
             plan = _plan(layer, wbits, abits, facts or {}, layer.name in edges)
             plan.forced_kernel = kernel
-            plan.byte_dot = byte_dot
+            plan.bitserial_pairs = bitserial_pairs
             if plan.kernel != "float" and plan.act is not None:
                 plan.choose_kernel()
             builder.update_func(gvar, mod[gvar].with_attrs(plan.to_attrs()))
