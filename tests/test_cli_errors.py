@@ -1,13 +1,18 @@
 """Every user mistake is one error line on stderr (after any progress lines) and exit code 2,
 no traceback."""
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import tvm
 from onnx import helper
 
 from onnx_models import make_model
@@ -297,3 +302,29 @@ def test_output_files_stay_inside_the_output_folder(tmp_path):
     paths = write_outputs({"/conv1/Add_output_0": one, "../up": one, "_conv1_Add_output_0": one}, tmp_path / "out")
     assert all(Path(p).parent == tmp_path / "out" for p in paths.values()) and len(set(paths.values())) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_ctrl_c_inside_a_tvm_callback_is_interrupted_not_an_error(monkeypatch, capsys, tmp_path):
+    """A Ctrl-C that lands in a Python pass TVM's C++ runs comes back as a RuntimeError; the CLI
+    still says interrupted (exit 130), with no traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+
+    @tvm.transform.module_pass(opt_level=0)
+    def ctrl_c(mod, _ctx):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler raises here
+        return mod
+
+    def compile_(args):
+        ctrl_c(tvm.IRModule())
+        return 0
+
+    monkeypatch.setattr("tvmbits.cli._compile", compile_)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in a background job
+    try:
+        assert main(["compile", str(tmp_path / "model.onnx")]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err.strip().splitlines() == ["tvmbits: interrupted"]

@@ -2,12 +2,15 @@
 `tvmbits.load`, `tvmbits.Remote`) and the tuner and board modules.
 
 Every failure the user can fix (a `UserError` the library raises) prints one line on stderr
-and exits with code 2.
+and exits with code 2; Ctrl-C prints "tvmbits: interrupted" and exits with code 130.
 """
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 
 from tvmbits.errors import OptionError, UserError
 
@@ -20,20 +23,49 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = None
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
+    with _noting_sigint() as interrupted:
+        try:
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return 2
+            return args.handler(args)
+        except UserError as err:
+            if getattr(args, "verbose", False) and err.detail:
+                print(err.detail, file=sys.stderr)
+            print(f"tvmbits: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, always
             return 2
-        return args.handler(args)
-    except UserError as err:
-        if getattr(args, "verbose", False) and err.detail:
-            print(err.detail, file=sys.stderr)
-        print(f"tvmbits: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, always
-        return 2
-    except KeyboardInterrupt:
-        print("tvmbits: interrupted", file=sys.stderr)
-        return 130
+        except KeyboardInterrupt:
+            print("tvmbits: interrupted", file=sys.stderr)
+            return 130
+        except Exception:
+            if not interrupted:
+                raise
+            print("tvmbits: interrupted", file=sys.stderr)
+            return 130
+
+
+@contextlib.contextmanager
+def _noting_sigint():
+    """A list that becomes non-empty when SIGINT arrives, which still raises KeyboardInterrupt.
+    TVM's C++ turns a KeyboardInterrupt raised inside a Python callback (a pass, a legalizer)
+    into a RuntimeError; after a Ctrl-C that error means interrupted, not a failure. Where
+    SIGINT is ignored (a background job) or handled by someone else, nothing changes."""
+    seen: list = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen
+        return
+
+    def on_sigint(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _build_parser() -> argparse.ArgumentParser:
