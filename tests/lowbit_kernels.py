@@ -31,8 +31,10 @@ from tvmbits.schedules.byte_dot import bitserial_pairs
 from tvmbits.targets.profile import load
 
 TARGET = tvm.target.Target({"kind": "llvm"})
-# what `auto` runs a 2-bit × 2-bit layer on when compiling for this machine (`choose_kernel`)
+# what `auto` runs a 2-bit × 2-bit and a 1-bit × 2-bit layer on when compiling for this machine
+# (`choose_kernel`)
 KERNEL_2x2 = "subbyte" if bitserial_pairs(load("host").tvm_target()) < 4 else "bitserial"
+KERNEL_1x2 = "subbyte" if bitserial_pairs(load("host").tvm_target()) < 2 else "bitserial"
 KERNELS = {"bitserial": (bitserial_conv2d_nhwc, bitserial_dense), "subbyte": (subbyte_conv2d_nhwc, subbyte_dense)}
 
 

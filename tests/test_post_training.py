@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import pytest
 from compiled import compile_file, run_local
+from lowbit_kernels import KERNEL_1x2
 from onnx_models import float_cnn
 from tvmbits.compiler import CompileOptions, plan_model
 from tvmbits.ops import reference
@@ -68,7 +69,7 @@ def test_first_and_last_layers_stay_float_by_default(tmp_path):
     kernels = {layer["name"]: (layer["kernel"], layer["reason"]) for layer in meta["layers"]}
     assert kernels["conv0"][0] == kernels["fc"][0] == "float"
     assert "--all-layers" in kernels["conv0"][1]
-    assert kernels["conv1"] == ("bitserial", None)
+    assert kernels["conv1"] == (KERNEL_1x2, None)
     assert meta["layers"][1]["activation"] == "unsigned2"  # after ReLU
     assert meta["layers"][1]["weight"] == "bipolar1"
 

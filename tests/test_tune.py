@@ -40,8 +40,10 @@ def _lines(log_dir):
 
 def _interrupt(command, sig, ready):
     """Run `command` in its own process group and send it `sig` (as Ctrl-C or kill -9 would)
-    once `ready()`; its exit code and stderr."""
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    once `ready()`; its exit code and stderr. SIGINT is not ignored there, even when the tests
+    run as a background job, which ignores it (as `tune` would then too)."""
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600  # the first batch of measurements, on a busy machine
     while time.monotonic() < deadline and proc.poll() is None:
         if ready():
@@ -98,7 +100,7 @@ def test_killed_run_keeps_its_measurements_and_a_rerun_appends(killed_then_resum
 def test_interrupted_run_says_so_keeps_whole_lines_and_a_rerun_resumes(killed_then_resumed):
     log_dir, after_kill, (code, err), after_interrupt, resumed = killed_then_resumed
     assert code == 130 and err.strip().splitlines()[-1] == "tvmbits: interrupted", err[-2000:]
-    assert "Traceback" not in err and "tune: stopping at the next safe point" in err, err[-2000:]
+    assert "Traceback" not in err and "tune: stopping after the builds and measurements under way" in err, err[-2000:]
     assert after_interrupt[: len(after_kill)] == after_kill  # every line whole, none lost
     assert resumed.returncode == 0 and records(log_dir)[: len(after_interrupt)] == after_interrupt
 
@@ -109,19 +111,39 @@ def test_ctrl_c_is_noted_and_spares_the_workers_started_meanwhile():
     sent to the whole process group, cannot interrupt it mid-import."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers are installed from the main thread only")
-    probe = "import signal, sys; sys.exit(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
-    codes, lines, before = [], [], signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job
-    with _interruptible(lines.append) as interrupted:
-        worker = threading.Thread(target=lambda: codes.append(subprocess.run([sys.executable, "-c", probe]).returncode))
-        worker.start()
-        worker.join()
-        os.kill(os.getpid(), signal.SIGINT)
-        deadline = time.monotonic() + 10
-        while not interrupted and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert interrupted and codes == [1] and len(lines) == 1 and "Ctrl-C again" in lines[0]
-    assert signal.getsignal(signal.SIGINT) is before
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    probe = "import signal, sys; sys.exit(3 if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []) else 4)"
+    codes, lines = [], []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in a background job
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        with _interruptible(lines.append) as interrupted:
+            worker = threading.Thread(target=lambda: codes.append(subprocess.run([sys.executable, "-c", probe]).returncode))
+            worker.start()
+            worker.join()
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 10
+            while not interrupted and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert interrupted and signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert codes == [3] and len(lines) == 1 and "Ctrl-C again" in lines[0]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _interruptible(print) as interrupted:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        assert not interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_compile_applies_the_log_and_stays_exact(killed_then_resumed, model_file, tmp_path, capsys):

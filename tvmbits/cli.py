@@ -35,11 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(err.detail, file=sys.stderr)
             print(f"tvmbits: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, always
             return 2
-        except KeyboardInterrupt:
-            print("tvmbits: interrupted", file=sys.stderr)
-            return 130
-        except Exception:
-            if not interrupted:
+        except (KeyboardInterrupt, Exception) as err:
+            if not (interrupted or isinstance(err, KeyboardInterrupt)):
                 raise
             print("tvmbits: interrupted", file=sys.stderr)
             return 130
@@ -52,8 +49,8 @@ def _noting_sigint():
     into a RuntimeError; after a Ctrl-C that error means interrupted, not a failure. Where
     SIGINT is ignored (a background job) or handled by someone else, nothing changes."""
     seen: list = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    on_main = threading.current_thread() is threading.main_thread()
+    if not on_main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield seen
         return
 
@@ -61,8 +58,8 @@ def _noting_sigint():
         seen.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_sigint)
     try:
+        signal.signal(signal.SIGINT, on_sigint)
         yield seen
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -67,7 +67,11 @@ def tune_model(
     """Tune the low-bit kernels of `model_path` for `options.target` with `trials` measurements
     in all, on this machine or on the board(s) `remote` names, appending to the tuning log
     `log_dir` after each measured batch (lines of the log that do not read are skipped;
-    `repair` drops them, keeping a backup); returns the number of tasks."""
+    `repair` drops them, keeping a backup); returns the number of tasks.
+
+    Called from the main thread, it takes SIGINT over while it runs (`_interruptible`): a first
+    Ctrl-C is logged and the tuning stops at its next safe point, raising KeyboardInterrupt; SIGINT
+    is blocked in the main thread meanwhile, and an ignored SIGINT stays ignored."""
     if trials < 1:
         raise OptionError(f"--trials {trials}: must be at least 1")
     cuda = profiles.load(options.target, options.arch).device == "cuda"
@@ -75,6 +79,8 @@ def tune_model(
         raise BoardError(f"tuning for {options.target} measures on a CUDA GPU, and this machine has none "
                          "(--rpc or --tracker measure on another machine's)")
     threads.size_pool()  # measured with the threads a deployed model runs (inherited by the runner's workers)
+    if remote is not None and remote.rpc:
+        Session.open(remote)  # one line, now, for a board that is not there (before the slow lowering)
     with _interruptible(log) as interrupted:
         try:
             return _tune(model_path, options, log_dir, trials, remote, log, repair, cuda, interrupted)
@@ -88,7 +94,7 @@ def _tune(model_path: str | Path, options: CompileOptions, log_dir: str | Path, 
           remote: Remote | None, log: Callable[[str], None], repair: bool, cuda: bool, interrupted: list) -> int:
     """`tune_model` once SIGINT is deferred (`_interruptible`): stops at the next safe point
     after `interrupted` becomes non-empty."""
-    runner = _runner(remote, cuda)  # a bad board fails before the slow lowering
+    runner = _runner(remote, cuda)
     _stop_if(interrupted)
     planned = plan_model(model_path, options, log)
     target = planned.target
@@ -172,16 +178,19 @@ def _interruptible(log: Callable[[str], None]):
     its own threads. The tuning stops at the next safe point (`_stop_if`: between its phases,
     after each measured batch); MetaSchedule's C++ wraps that KeyboardInterrupt into a
     RuntimeError, which `tune_model` turns back into KeyboardInterrupt (the CLI: "tvmbits:
-    interrupted", exit 130). A second SIGINT raises as soon as the main thread runs Python.
+    interrupted", exit 130). A second SIGINT raises as soon as the main thread runs Python
+    again (a build or measurement it waits for returns first).
 
     Ctrl-C at a terminal reaches the whole foreground process group, the build and measurement
     workers too, and a worker still importing TVM then prints a KeyboardInterrupt traceback. So
     the main thread blocks SIGINT meanwhile: the threads it starts, and the workers they start,
-    inherit the block (the workers end when the tuning closes their pools), and a waiting
-    thread started before the block is where the signal lands and where Python's handler above
-    is triggered from."""
+    inherit the block (the workers are killed or end with their pools). The signal lands on a
+    thread that does not block it: at least the waiting thread started before the block, from
+    which CPython has the main thread run the handler above. Off the main thread, or where
+    SIGINT is ignored or handled outside Python, nothing is taken over (the list stays empty)."""
     seen: list = []
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
         yield seen
         return
 
@@ -189,20 +198,24 @@ def _interruptible(log: Callable[[str], None]):
         if seen:
             raise KeyboardInterrupt
         seen.append(signum)
-        log("tune: stopping at the next safe point (after the measurements under way); Ctrl-C again stops now")
+        log("tune: stopping after the builds and measurements under way (Ctrl-C again to stop sooner)")
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
     done = threading.Event()
     receiver = threading.Thread(target=done.wait, name="tvmbits-sigint", daemon=True)
     receiver.start()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield seen
+    try:  # each step undone in its own `finally`: a second Ctrl-C may raise between any two
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+            try:
+                yield seen
+            finally:
+                signal.signal(signal.SIGINT, previous)  # a SIGINT from here on is the caller's
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         done.set()
         receiver.join()
-        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_if(interrupted: list) -> None:
@@ -362,8 +375,6 @@ def _runner(remote: Remote | None, cuda: bool = False) -> ms.runner.Runner:
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
     if remote is None:
         return ms.runner.LocalRunner(evaluator_config=evaluator, initializer=_cuda_worker if cuda else None)
-    if remote.rpc:
-        Session.open(remote)  # one line, now, for a board that is not there
     host, port = address("--rpc", remote.rpc) if remote.rpc else address("--tracker", remote.tracker)
     config = ms.runner.RPCConfig(
         tracker_host=host, tracker_port=port, tracker_key=remote.key or "direct",
