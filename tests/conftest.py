@@ -1,7 +1,9 @@
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,18 @@ class TinyBNN:
         x = dyadic_input([1, 3, 9, 9], seed=3)
         np.save(self.input, x)
         self.expected = ort.InferenceSession(str(self.model)).run(None, {"input": x})[0]
+
+
+@pytest.fixture
+def sigint_handler():
+    """Sets SIGINT's handler for the test (Python's default unless the test passes another; a
+    background test run has it ignored) and puts the previous one back afterwards. Handlers are
+    installed from the main thread only: elsewhere the test is skipped."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    previous = signal.getsignal(signal.SIGINT)
+    yield lambda handler=signal.default_int_handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

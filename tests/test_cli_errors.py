@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -304,11 +303,9 @@ def test_output_files_stay_inside_the_output_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_ctrl_c_inside_a_tvm_callback_is_interrupted_not_an_error(monkeypatch, capsys, tmp_path):
+def test_ctrl_c_inside_a_tvm_callback_is_interrupted_not_an_error(monkeypatch, capsys, tmp_path, sigint_handler):
     """A Ctrl-C that lands in a Python pass TVM's C++ runs comes back as a RuntimeError; the CLI
     still says interrupted (exit 130), with no traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signal handlers are installed from the main thread only")
 
     @tvm.transform.module_pass(opt_level=0)
     def ctrl_c(mod, _ctx):
@@ -321,10 +318,7 @@ def test_ctrl_c_inside_a_tvm_callback_is_interrupted_not_an_error(monkeypatch, c
         return 0
 
     monkeypatch.setattr("tvmbits.cli._compile", compile_)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in a background job
-    try:
-        assert main(["compile", str(tmp_path / "model.onnx")]) == 130
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    sigint_handler()
+    assert main(["compile", str(tmp_path / "model.onnx")]) == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert capsys.readouterr().err.strip().splitlines() == ["tvmbits: interrupted"]

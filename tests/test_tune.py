@@ -105,45 +105,35 @@ def test_interrupted_run_says_so_keeps_whole_lines_and_a_rerun_resumes(killed_th
     assert resumed.returncode == 0 and records(log_dir)[: len(after_interrupt)] == after_interrupt
 
 
-def test_ctrl_c_is_noted_and_spares_the_workers_started_meanwhile():
+def test_ctrl_c_is_noted_and_spares_the_workers_started_meanwhile(sigint_handler):
     """The first SIGINT only marks the tuning interrupted; a worker process started meanwhile (as
     MetaSchedule's pools start them, from a thread) has SIGINT blocked, so the terminal's Ctrl-C,
     sent to the whole process group, cannot interrupt it mid-import."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signal handlers are installed from the main thread only")
     probe = "import signal, sys; sys.exit(3 if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []) else 4)"
     codes, lines = [], []
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in a background job
+    sigint_handler()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    try:
-        with _interruptible(lines.append) as interrupted:
-            worker = threading.Thread(target=lambda: codes.append(subprocess.run([sys.executable, "-c", probe]).returncode))
-            worker.start()
-            worker.join()
-            os.kill(os.getpid(), signal.SIGINT)
-            deadline = time.monotonic() + 10
-            while not interrupted and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert interrupted and signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        assert codes == [3] and len(lines) == 1 and "Ctrl-C again" in lines[0]
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with _interruptible(lines.append) as interrupted:
+        worker = threading.Thread(target=lambda: codes.append(subprocess.run([sys.executable, "-c", probe]).returncode))
+        worker.start()
+        worker.join()
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while not interrupted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert interrupted and signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert codes == [3] and len(lines) == 1 and "Ctrl-C again" in lines[0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
 
 
-def test_an_ignored_ctrl_c_stays_ignored():
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signal handlers are installed from the main thread only")
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with _interruptible(print) as interrupted:
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.1)
-        assert not interrupted
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def test_an_ignored_ctrl_c_stays_ignored(sigint_handler):
+    sigint_handler(signal.SIG_IGN)
+    with _interruptible(print) as interrupted:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+    assert not interrupted
 
 
 def test_compile_applies_the_log_and_stays_exact(killed_then_resumed, model_file, tmp_path, capsys):
